@@ -1,0 +1,45 @@
+"""The scoreboard's measuring code, run for real on a short evaluation (the full board is a benchmark)."""
+import json
+
+from jlcm_gguf import scoreboard
+
+
+def test_f16_reference_bits_per_weight(f16):
+    s = scoreboard.tensor_stats(f16)
+    assert s["bpw_linear"] == 16.0
+    assert s["linear_types"] == {"F16": 1.0}
+    # every byte counts: header, tokenizer and the F32 norms push the file above 16 bpw
+    assert 16.0 < s["bpw_file"] < 16.3
+    assert s["file_bytes"] == f16.stat().st_size
+
+
+def test_fallbacks_name_the_other_types():
+    assert scoreboard.fallbacks({"IQ2_XS": 0.225, "IQ4_NL": 0.775}, "IQ2_XS") == {"IQ4_NL": 0.775}
+    assert scoreboard.fallbacks({"Q4_K": 0.2, "Q5_0": 0.8}, "Q4_K_M") == {"Q5_0": 0.8}
+    assert scoreboard.fallbacks({"F16": 1.0}, "F16") == {}
+
+
+def test_measure_quantize_perplexity_kld_bench(build, f16, novels, tmp_path):
+    runner = scoreboard.Runner(build)
+    q8 = scoreboard.quantize(runner, f16, tmp_path / "q8.gguf", "Q8_0", None)
+    ev = scoreboard.EvalSettings(text=novels["prideprejudice"], ctx=256, chunks=3)
+    entries = [scoreboard.Entry("F16", "stock", f16), scoreboard.Entry("Q8_0", "stock", q8, {"nominal": "Q8_0"})]
+    rows = scoreboard.measure(runner, entries, f16, ev, tmp_path, speed=False)
+    f16_row, q8_row = rows
+    assert f16_row["kld"] == 0.0 and 5 < f16_row["ppl"] < 100
+    assert 0 < q8_row["kld"] < 0.05                      # Q8_0 is close to F16, never equal
+    assert abs(q8_row["ppl"] - f16_row["ppl"]) / f16_row["ppl"] < 0.05
+    assert q8_row["bpw_linear"] == 8.5 and q8_row["fallbacks"] == {}
+    assert any("llama-perplexity" in c and "--kl-divergence" in c for c in runner.commands)
+
+
+def test_merge_rows_keeps_other_rows_and_plot(tmp_path):
+    path = tmp_path / "board.json"
+    row = {"name": "A", "kind": "stock", "bpw_linear": 4.5, "kld": 0.1}
+    header = {"model": "m", "eval": {"text": "t.txt", "ctx": 512, "chunks": 60}, "commands": ["x"]}
+    scoreboard.merge_rows(path, header, [row, {**row, "name": "F16", "kld": 0.0}])
+    doc = scoreboard.merge_rows(path, header, [{"name": "J", "kind": "jlcm", "bpw_linear": 2.5, "kld": 0.09}])
+    assert [r["name"] for r in doc["rows"]] == ["A", "F16", "J"]
+    assert json.loads(path.read_text()) == doc
+    scoreboard.plot(doc, tmp_path / "board.png")
+    assert (tmp_path / "board.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
