@@ -1,0 +1,183 @@
+#!/usr/bin/env python3
+"""Quantizer quality: JLCM types and ablations against stock types, all through one torch evaluation.
+
+    python bench/quantizer.py [--rows main,ablation,stock] [--calib-seqs 32] [--chunks 60]
+
+Every row is evaluated by the same code on the same tokens (Pride and Prejudice,
+ctx 512, 60 chunks, second half of each chunk scored): perplexity and KLD
+against the float model. Stock rows load llama.cpp's own GGUF files (from the
+stock scoreboard's work directory) through transformers' GGUF loader. JLCM rows
+replace linear weights by their dequantized JLCM codes; every other tensor
+(embeddings, norms, and the linears a row leaves alone) comes from the stock
+IQ4_NL file, so "the rest" is equal. Rows go to bench/results/quantizer.json.
+"""
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from jlcm_gguf import assets, cache, evaluate, llama_cpp, pack, scoreboard
+from jlcm_gguf.learn import Settings
+from jlcm_gguf.quantize import Plan, peak_rss_bytes, quantize_model
+
+RESULTS = Path(__file__).resolve().parent / "results"
+STOCK = ("IQ4_NL", "Q4_0", "IQ3_XXS", "IQ2_M", "IQ2_XS")
+REST = "IQ4_NL"
+
+
+def variants():
+    """name -> (variant, type for ffn_down, type elsewhere (None: the stock REST file), settings)."""
+    J2, J3 = pack.JLCM2, pack.JLCM3
+    return {
+        "main": {
+            "JLCM2": ("default", J2, J2, Settings()),
+            "JLCM3": ("default", J3, J3, Settings()),
+            "JLCM2-ffn_down": ("default", J2, None, Settings()),
+        },
+        "ablation": {
+            "JLCM2 kmeans-only": ("a: k-means init, no learning, no error feedback", J2, J2,
+                                  Settings(update="none", error_feedback=False)),
+            "JLCM2 kmeans+EF": ("k-means init + error-feedback assignment, no learning", J2, J2,
+                                Settings(update="none")),
+            "JLCM2 plain-STE": ("b: joint learning, plain STE index update", J2, J2, Settings(update="ste")),
+            "JLCM2 proximal no-EF": ("c without error feedback", J2, J2, Settings(error_feedback=False)),
+            "JLCM2 1 group": ("d: one codebook per tensor", J2, J2, Settings(n_groups=1)),
+            "JLCM2 4 groups": ("e: 4 groups", J2, J2, Settings(n_groups=4)),
+            "JLCM2 64 groups": ("e: 64 groups", J2, J2, Settings(n_groups=64)),
+        },
+    }
+
+
+def _quantize_job(args):
+    hf, text, down_t, other_t, settings, n_seqs, out = args
+    torch.set_num_threads(2)
+    plan = Plan(lambda i, name: down_t if name == "mlp.down_proj" else other_t, settings)
+    t0 = time.time()
+    res = quantize_model(Path(hf), text, plan, n_seqs=n_seqs, seed=settings.seed, quiet=False)
+    seconds = time.time() - t0
+    torch.save({k: r.weight for k, r in res.items()}, out)
+    return seconds, peak_rss_bytes(), {k: r.blocks.nbytes for k, r in res.items()}
+
+
+def stock_file(qtype: str) -> Path:
+    build = llama_cpp.build(quiet=True)
+    work = cache.cache_dir() / "bench" / "stock"
+    work.mkdir(parents=True, exist_ok=True)
+    runner = scoreboard.Runner(build)
+    return scoreboard.stock_entries(runner, assets.f16_reference(), assets.text_file(assets.CALIB_TEXT), work,
+                                    [qtype])[0].path
+
+
+def load_gguf_model(path: Path):
+    from transformers import AutoModelForCausalLM
+    return AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+
+
+def linear_bits(stats_rest: dict, n_down: int, n_all: int, down_t, other_t) -> float:
+    """bpw of the linear layers for a row: JLCM blocks where JLCM is used, the REST file's bytes elsewhere."""
+    bits = 0.0
+    bits += n_down * (down_t.bpw if down_t else stats_rest["bpw_linear"])
+    bits += (n_all - n_down) * (other_t.bpw if other_t else stats_rest["bpw_linear_no_down"])
+    return bits / n_all
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rows", default="stock,main,ablation")
+    p.add_argument("--only", default="", help="comma-separated row names to run (default: all in --rows)")
+    p.add_argument("--calib-seqs", type=int, default=32)
+    p.add_argument("--ctx", type=int, default=512)
+    p.add_argument("--chunks", type=int, default=60)
+    p.add_argument("--out", type=Path, default=RESULTS / "quantizer.json")
+    args = p.parse_args()
+    torch.set_num_threads(2)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    hf = assets.hf_model_dir()
+    tok = AutoTokenizer.from_pretrained(hf)
+    data = evaluate.eval_data(tok, assets.text_file(assets.EVAL_TEXT), args.ctx, args.chunks)
+    float_model = AutoModelForCausalLM.from_pretrained(hf, dtype=torch.float32)
+    ref = evaluate.reference(float_model, data, "hf-float32")
+    del float_model
+    calib = "".join(assets.text_file(n).read_text(encoding="utf-8") for n in assets.CALIBRATION_NOVELS)
+    header = {
+        "model": assets.MODEL_NAME,
+        "eval": {"text": data.text, "ctx": args.ctx, "chunks": args.chunks, "scored_tokens_per_chunk": args.ctx // 2 - 1,
+                 "evaluator": "torch (jlcm_gguf.evaluate), KLD vs the float32 HF model"},
+        "calibration": {"texts": list(assets.CALIBRATION_NOVELS), "seqs": args.calib_seqs, "len": 512},
+        "rest": f"non-JLCM tensors of JLCM rows come from the stock {REST} file",
+        "machine": scoreboard.machine_info(),
+        "commands": ["python bench/quantizer.py " + shlex.join(sys.argv[1:])],
+    }
+    groups = args.rows.split(",")
+    only = set(filter(None, args.only.split(",")))
+    rest_path = stock_file(REST)
+    rest_stats = scoreboard.tensor_stats(rest_path)
+    rest_stats["bpw_linear_no_down"] = _bpw_without_down(rest_path)
+
+    if "stock" in groups:
+        for qtype in STOCK:
+            if only and qtype not in only:
+                continue
+            path = stock_file(qtype)
+            st = scoreboard.tensor_stats(path)
+            m = load_gguf_model(path)
+            row = {"name": qtype, "kind": "stock", "variant": "llama-quantize, imatrix from emma",
+                   "bpw_linear": st["bpw_linear"], "linear_types": st["linear_types"], **evaluate.evaluate(m, data, ref)}
+            print(row, flush=True)
+            scoreboard.merge_rows(args.out, header, [row])
+
+    n_all, n_down = _linear_counts(rest_path)
+    for group in ("main", "ablation"):
+        if group not in groups:
+            continue
+        for name, (variant, down_t, other_t, settings) in variants()[group].items():
+            if only and name not in only:
+                continue
+            out = cache.cache_dir() / "bench" / "quantizer" / f"{name.replace(' ', '_')}.pt"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            job = (str(hf), calib, down_t, other_t, settings, args.calib_seqs, out)
+            with mp.get_context("spawn").Pool(1) as pool:
+                seconds, rss, nbytes = pool.apply(_quantize_job, (job,))
+            weights = torch.load(out)
+            m = load_gguf_model(rest_path)
+            sd = m.state_dict()
+            for k, w in weights.items():
+                sd[k].copy_(w)
+            row = {"name": name, "kind": "jlcm", "variant": variant,
+                   "bpw_linear": round(linear_bits(rest_stats, n_down, n_all, down_t, other_t), 4),
+                   "settings": vars(settings), "quantize_seconds": round(seconds, 1), "peak_rss_bytes": rss,
+                   **evaluate.evaluate(m, data, ref)}
+            print(row, flush=True)
+            scoreboard.merge_rows(args.out, header, [row])
+    return 0
+
+
+def _linear_counts(path: Path) -> tuple[int, int]:
+    from jlcm_gguf.gguf_io import open_reader
+    n_all = n_down = 0
+    for t in open_reader(path).tensors:
+        if scoreboard.is_linear(t.name):
+            n_all += int(t.n_elements)
+            n_down += int(t.n_elements) if t.name.endswith("ffn_down.weight") else 0
+    return n_all, n_down
+
+
+def _bpw_without_down(path: Path) -> float:
+    from jlcm_gguf.gguf_io import open_reader
+    e = b = 0
+    for t in open_reader(path).tensors:
+        if scoreboard.is_linear(t.name) and not t.name.endswith("ffn_down.weight"):
+            e += int(t.n_elements)
+            b += int(t.n_bytes)
+    return 8 * b / e
+
+
+if __name__ == "__main__":
+    sys.exit(main())

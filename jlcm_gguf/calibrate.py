@@ -1,0 +1,122 @@
+"""Calibration: run the model one decoder layer at a time and collect each linear input's H = X^T X / n.
+
+Only one decoder layer is ever built in float; its weights are read from the
+safetensors files on demand. The hidden states of all calibration sequences
+(n_seqs x seq_len x hidden) are the only other large buffer.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+# HF linear names in a llama-family decoder layer, grouped by the input they share.
+SHARED_INPUTS = {
+    "self_attn.q_proj": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+    "self_attn.o_proj": ("self_attn.o_proj",),
+    "mlp.gate_proj": ("mlp.gate_proj", "mlp.up_proj"),
+    "mlp.down_proj": ("mlp.down_proj",),
+}
+LINEARS = tuple(n for names in SHARED_INPUTS.values() for n in names)
+
+
+class WeightStore:
+    """Tensors of an HF checkpoint (one safetensors file or a sharded index), read lazily."""
+
+    def __init__(self, hf_dir: Path):
+        from safetensors import safe_open
+
+        self.dir = Path(hf_dir)
+        index = self.dir / "model.safetensors.index.json"
+        if index.exists():
+            self.where = json.loads(index.read_text())["weight_map"]
+        else:
+            with safe_open(self.dir / "model.safetensors", "pt") as f:
+                self.where = {k: "model.safetensors" for k in f.keys()}
+        self._open = {}
+
+    def get(self, name: str) -> torch.Tensor:
+        from safetensors import safe_open
+
+        shard = self.where[name]
+        if shard not in self._open:
+            self._open[shard] = safe_open(self.dir / shard, "pt")
+        return self._open[shard].get_tensor(name)
+
+    def has(self, name: str) -> bool:
+        return name in self.where
+
+
+class LayerStream:
+    """Builds the decoder layers of an HF llama-family model one at a time, float32, on `device`."""
+
+    def __init__(self, hf_dir: Path, device: str = "cpu"):
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        self.config = AutoConfig.from_pretrained(hf_dir)
+        self.config._attn_implementation = "sdpa"
+        self.store = WeightStore(hf_dir)
+        self.device = device
+        with torch.device("meta"):
+            skeleton = AutoModelForCausalLM.from_config(self.config)
+        self.layer_cls = type(skeleton.model.layers[0])
+        self.rotary = type(skeleton.model.rotary_emb)(config=self.config).to(device)
+        self.n_layers = self.config.num_hidden_layers
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        table = self.store.get("model.embed_tokens.weight").float()
+        return table[tokens].to(self.device)
+
+    def layer(self, i: int) -> torch.nn.Module:
+        layer = self.layer_cls(self.config, i)
+        prefix = f"model.layers.{i}."
+        state = {k[len(prefix):]: self.store.get(k).float() for k in self.store.where if k.startswith(prefix)}
+        layer.load_state_dict(state, strict=True)
+        return layer.to(self.device).float().eval()
+
+    def run(self, layer: torch.nn.Module, hidden: torch.Tensor, batch: int = 4) -> torch.Tensor:
+        """Apply a decoder layer to every sequence (causal attention, positions from 0)."""
+        out = torch.empty_like(hidden)
+        pos = torch.arange(hidden.shape[1], device=self.device).unsqueeze(0)
+        with torch.no_grad():
+            for b in range(0, hidden.shape[0], batch):
+                h = hidden[b:b + batch]
+                pe = self.rotary(h, pos)
+                out[b:b + batch] = layer(h, attention_mask=None, position_ids=pos, position_embeddings=pe)
+        return out
+
+
+def collect_hessians(stream: LayerStream, layer: torch.nn.Module, hidden: torch.Tensor) -> dict[str, torch.Tensor]:
+    """H = X^T X / n for the input of every linear in the layer (shared inputs computed once)."""
+    acc: dict[str, torch.Tensor] = {}
+    count = {"n": 0}
+    hooks = []
+    for name in SHARED_INPUTS:
+        mod = layer.get_submodule(name)
+
+        def hook(_m, args, name=name):
+            x = args[0].reshape(-1, args[0].shape[-1]).double()
+            acc[name] = acc.get(name, 0) + x.T @ x
+        hooks.append(mod.register_forward_pre_hook(hook))
+    try:
+        stream.run(layer, hidden)
+    finally:
+        for h in hooks:
+            h.remove()
+    n = hidden.shape[0] * hidden.shape[1]
+    shared = {src: (acc[src] / n).float() for src in SHARED_INPUTS}
+    return {lin: shared[src] for src, lins in SHARED_INPUTS.items() for lin in lins}
+
+
+def calibration_tokens(tokenizer, text: str, n_seqs: int, seq_len: int, seed: int) -> torch.Tensor:
+    """n_seqs windows of seq_len tokens at seeded random offsets of the tokenized text."""
+    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids[0]
+    if ids.numel() < n_seqs * seq_len:
+        raise ValueError(f"calibration text has {ids.numel()} tokens, fewer than --calib-seqs x --calib-len = "
+                         f"{n_seqs} x {seq_len}; give more text with --calib-text or lower --calib-seqs")
+    g = torch.Generator().manual_seed(seed)
+    # disjoint windows: choose n_seqs of the text's seq_len-token slots
+    slots = ids.numel() // seq_len
+    pick = torch.sort(torch.randperm(slots, generator=g)[:n_seqs]).values
+    return torch.stack([ids[p * seq_len:(p + 1) * seq_len] for p in pick.tolist()])

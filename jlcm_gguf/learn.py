@@ -1,0 +1,228 @@
+"""JLCM for one linear layer: grouped codebooks, block scales and indices learned jointly.
+
+The loss is the layer's output error on calibration inputs X, through their
+second moment H = X^T X:
+
+    L(W^) = tr((W - W^) H (W - W^)^T),   W^[r, i] = s[b(r,i)] * C[g(r), idx[r, i]]
+
+with g(r) the row's group, b(r, i) the 64-weight block, C the group codebooks.
+Codebooks and scales take Adam steps with the indices fixed; the indices take
+a proximal step with codebooks and scales fixed (see `index_step`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from . import pack
+from .codebook import weighted_kmeans_1d
+from .grouping import group_rows
+
+QK = pack.QK
+
+
+@dataclass
+class Settings:
+    n_groups: int = 16
+    outer_steps: int = 8        # rounds of (codebook/scale steps, index step)
+    adam_steps: int = 12
+    lr: float = 3e-3
+    update: str = "proximal"    # "proximal" | "ste" | "none" (k-means only)
+    error_feedback: bool = True # GPTQ-style column-by-column first assignment
+    rho: float = 1.0            # proximal weight; doubled whenever a step would raise the loss
+    seed: int = 0
+
+
+@dataclass
+class Result:
+    blocks: np.ndarray          # (rows * cols / 64, type_size) uint8, rows in order
+    weight: torch.Tensor        # dequantized, equal to pack.dequantize(blocks)
+    rel_error: float            # L(W^) / tr(W H W^T)
+    history: list
+
+
+def index_step(g, hdiag, s, C, groups, idx, rule: str, rho: float):
+    """New indices from the loss gradient g = dL/dW^ (and the diagonal curvature hdiag = H_ii).
+
+    Moving weight (r, i) from codeword c to c' changes it by delta = s (C[c'] - C[c]) and the loss by
+
+        g delta + H_ii delta^2                       (exact when one weight moves)
+
+    proximal: take the codeword minimizing  g delta + rho H_ii delta^2  -- the pull toward a codeword,
+              -(that) / |delta|, falls as the codeword gets farther, so indices move to neighbours;
+    ste:      take the codeword minimizing  g delta  -- the straight-through pull grows with |delta|,
+              so any index with a nonzero gradient jumps to an extreme codeword.
+    """
+    cb = C[groups]                                          # (rows, K)
+    cur = torch.gather(cb, 1, idx)                          # (rows, cols)
+    sw = s.repeat_interleave(QK).view_as(idx)               # (rows, cols)
+    delta = sw.unsqueeze(-1) * (cb.unsqueeze(1) - cur.unsqueeze(-1))    # (rows, cols, K)
+    score = g.unsqueeze(-1) * delta
+    if rule == "proximal":
+        score = score + rho * hdiag.view(1, -1, 1) * delta.pow(2)
+    return score.argmin(-1)
+
+
+class JLCM:
+    def __init__(self, qtype: pack.JLCMType, settings: Settings = Settings()):
+        self.qtype = qtype
+        self.cfg = settings
+
+    # -- the loss ----------------------------------------------------------------------------
+    @staticmethod
+    def loss(w, w_hat, H):
+        d = w - w_hat
+        return (d @ H * d).sum()
+
+    def dequant(self, s, C, groups, idx):
+        return s.repeat_interleave(QK).view_as(idx) * torch.gather(C[groups], 1, idx)
+
+    # -- initialization ------------------------------------------------------------------------
+    def init(self, w, H):
+        rows, cols = w.shape
+        groups = group_rows(w, self.cfg.n_groups, self.cfg.seed)
+        imp = torch.diagonal(H).clamp_min(1e-12).expand(rows, cols)
+        blocks = w.view(rows, cols // QK, QK)
+        bimp = imp.reshape(rows, cols // QK, QK)
+        s = ((blocks.pow(2) * bimp).sum(-1) / bimp.sum(-1)).sqrt().clamp_min(1e-8).reshape(-1)
+        z = w / s.repeat_interleave(QK).view_as(w)
+        K = self.qtype.n_codes
+        C = torch.stack([weighted_kmeans_1d(z[groups == g].reshape(-1), imp[groups == g].reshape(-1), K)
+                         for g in range(int(groups.max()) + 1)])
+        return s, C, groups, self._nearest(z, C, groups)
+
+    @staticmethod
+    def error_feedback_assign(w, H, s, C, groups, damp=0.01, block=128):
+        """Indices chosen column by column, each column's output error pushed onto the columns not yet
+        assigned (GPTQ's update through the Cholesky factor of H^-1), with the group codebooks as grid."""
+        rows, cols = w.shape
+        H = H.clone()
+        dead = torch.diagonal(H) == 0
+        H[dead, dead] = 1
+        H += damp * torch.diagonal(H).mean() * torch.eye(cols, dtype=H.dtype, device=H.device)
+        U = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+        W = w.clone()
+        W[:, dead] = 0
+        sw = s.repeat_interleave(QK).view(rows, cols)
+        cb = C[groups]                                                  # (rows, K)
+        idx = torch.empty(rows, cols, dtype=torch.long, device=w.device)
+        for a in range(0, cols, block):
+            b = min(a + block, cols)
+            Wb = W[:, a:b].clone()
+            Err = torch.zeros_like(Wb)
+            for j in range(b - a):
+                c = a + j
+                col = Wb[:, j]
+                k = ((col / sw[:, c]).unsqueeze(1) - cb).abs().argmin(1)
+                idx[:, c] = k
+                q = sw[:, c] * cb.gather(1, k[:, None]).squeeze(1)
+                e = (col - q) / U[c, c]
+                Wb[:, j:] -= e[:, None] * U[c, c:b][None, :]
+                Err[:, j] = e
+            W[:, b:] -= Err @ U[a:b, b:]
+        return idx
+
+    @staticmethod
+    def _nearest(z, C, groups):
+        cb = C[groups]
+        return (z.unsqueeze(-1) - cb.unsqueeze(1)).abs().argmin(-1)
+
+    # -- learning ------------------------------------------------------------------------------
+    def fit_continuous(self, w, H, s, C, groups, idx, steps, codebook=True):
+        """Adam on log-scales (and the codebooks unless codebook=False) with the indices fixed."""
+        log_s = s.abs().clamp_min(1e-12).log().clone().requires_grad_(True)
+        sign = torch.sign(s) + (s == 0)
+        C = C.clone().requires_grad_(codebook)
+        opt = torch.optim.Adam([log_s, C] if codebook else [log_s], lr=self.cfg.lr)
+        for _ in range(steps):
+            opt.zero_grad()
+            self.loss(w, self.dequant(sign * log_s.exp(), C, groups, idx), H).backward()
+            opt.step()
+        return (sign * log_s.exp()).detach(), C.detach()
+
+    def fit_indices(self, w, H, s, C, groups, idx, rho):
+        """One index step; rho doubles until the step lowers the loss (or the step is dropped)."""
+        w_hat = self.dequant(s, C, groups, idx)
+        before = self.loss(w, w_hat, H)
+        g = -2 * (w - w_hat) @ H
+        hdiag = torch.diagonal(H)
+        for _ in range(6):
+            new = index_step(g, hdiag, s, C, groups, idx, self.cfg.update, rho)
+            if self.loss(w, self.dequant(s, C, groups, new), H) < before:
+                return new, rho
+            if self.cfg.update != "proximal":
+                return idx, rho
+            rho *= 2
+        return idx, rho
+
+    def learn(self, w, H, s, C, groups, idx):
+        history = []
+        rho = self.cfg.rho
+        norm = self.loss(w, torch.zeros_like(w), H)
+        for _ in range(self.cfg.outer_steps if self.cfg.update != "none" else 0):
+            s, C = self.fit_continuous(w, H, s, C, groups, idx, self.cfg.adam_steps)
+            idx, rho = self.fit_indices(w, H, s, C, groups, idx, rho)
+            history.append(float(self.loss(w, self.dequant(s, C, groups, idx), H) / norm))
+        return s, C, idx, history
+
+    # -- storage -------------------------------------------------------------------------------
+    def to_storage(self, w, H, s, C, groups, idx):
+        """Put each group codebook on the int4 grid, then refit scales and indices to it."""
+        Cq, alpha = self.project_codebooks(C, self.code_usage(H, groups, idx, C.shape))
+        s = s * alpha[groups].repeat_interleave(w.shape[1] // QK)
+        s = self.fit_continuous(w, H, s, Cq, groups, idx, self.cfg.adam_steps, codebook=False)[0]
+        if self.cfg.error_feedback:
+            # rounding can merge codewords; reassigning against the grid codebook repairs that
+            redo = self.error_feedback_assign(w, H, s, Cq, groups)
+            if self.loss(w, self.dequant(s, Cq, groups, redo), H) < self.loss(w, self.dequant(s, Cq, groups, idx), H):
+                idx = redo
+        if self.cfg.update != "none":
+            idx, _ = self.fit_indices(w, H, s, Cq, groups, idx, self.cfg.rho)
+        s = self.fit_continuous(w, H, s, Cq, groups, idx, self.cfg.adam_steps, codebook=False)[0]
+        return s.half().float(), Cq, idx
+
+    @staticmethod
+    def code_usage(H, groups, idx, shape):
+        """How much each group's codewords matter: the curvature H_ii summed over the weights using them."""
+        imp = torch.diagonal(H).expand_as(idx)
+        flat = groups[:, None] * shape[1] + idx
+        return torch.zeros(shape[0] * shape[1], dtype=H.dtype).index_add_(0, flat.reshape(-1), imp.reshape(-1)).view(shape)
+
+    @staticmethod
+    def project_codebooks(C, usage, shrink=(1.0, 0.85, 0.7, 0.55, 0.4, 0.3)):
+        """Integer codebooks in [-8, 7] and their unit per group. A heavy-tailed codebook spans more than 16
+        steps; clipping its extreme entry can lose less than collapsing its inner ones, so the unit is
+        chosen among a few shrink factors by the usage-weighted rounding error."""
+        full = torch.maximum(C.max(1).values / 7, -C.min(1).values / 8).clamp_min(1e-12)
+        best_err = torch.full_like(full, float("inf"))
+        best_alpha = full.clone()
+        for f in shrink:
+            alpha = full * f
+            Cq = torch.round(C / alpha[:, None]).clamp(-8, 7)
+            err = (usage * (C - alpha[:, None] * Cq) ** 2).sum(1)
+            better = err < best_err
+            best_err = torch.where(better, err, best_err)
+            best_alpha = torch.where(better, alpha, best_alpha)
+        return torch.round(C / best_alpha[:, None]).clamp(-8, 7), best_alpha
+
+    def quantize(self, w: torch.Tensor, H: torch.Tensor) -> Result:
+        w = w.float()
+        H = H.float()
+        rows, cols = w.shape
+        if cols % QK:
+            raise ValueError(f"{self.qtype.name} needs rows that are a multiple of {QK} wide, got {cols}")
+        torch.manual_seed(self.cfg.seed)
+        s, C, groups, idx = self.init(w, H)
+        if self.cfg.error_feedback:
+            idx = self.error_feedback_assign(w, H, s, C, groups)
+        s, C, idx, history = self.learn(w, H, s, C, groups, idx)
+        s, Cq, idx = self.to_storage(w, H, s, C, groups, idx)
+        nb = rows * cols // QK
+        blocks = pack.pack(self.qtype, s.numpy().astype(np.float16),
+                           Cq[groups].repeat_interleave(cols // QK, 0).to(torch.int8).numpy(),
+                           idx.view(nb, QK).to(torch.uint8).numpy())
+        w_hat = torch.from_numpy(pack.dequantize(self.qtype, blocks)).view(rows, cols)
+        norm = self.loss(w, torch.zeros_like(w), H)
+        return Result(blocks, w_hat, float(self.loss(w, w_hat, H) / norm), history)

@@ -1,0 +1,119 @@
+"""The quantizer's steps, each on real weights and activations of the default model."""
+import numpy as np
+import pytest
+import torch
+
+from jlcm_gguf import assets, calibrate, codebook, grouping, learn, pack
+
+
+@pytest.fixture(scope="module")
+def layer_data():
+    """Layer 2 of the default model with H from 4 x 128 calibration tokens (inputs through layers 0-1)."""
+    from transformers import AutoTokenizer
+    hf = assets.hf_model_dir()
+    tok = AutoTokenizer.from_pretrained(hf)
+    text = assets.text_file("emma").read_text(encoding="utf-8")
+    stream = calibrate.LayerStream(hf)
+    tokens = calibrate.calibration_tokens(tok, text, 4, 128, seed=0)
+    hidden = stream.embed(tokens)
+    for i in range(2):
+        hidden = stream.run(stream.layer(i), hidden)
+    layer = stream.layer(2)
+    return layer, calibrate.collect_hessians(stream, layer, hidden)
+
+
+def test_streamed_layers_equal_the_full_model():
+    from transformers import AutoModelForCausalLM
+    hf = assets.hf_model_dir()
+    stream = calibrate.LayerStream(hf)
+    tokens = torch.arange(100, 164).view(1, 64)
+    h = stream.embed(tokens)
+    for i in range(stream.n_layers):
+        h = stream.run(stream.layer(i), h)
+    model = AutoModelForCausalLM.from_pretrained(hf, dtype=torch.float32)
+    with torch.no_grad():
+        ref = model.model(tokens).last_hidden_state
+    assert torch.allclose(model.model.norm(h), ref, atol=1e-4)
+
+
+def test_hessians_are_shared_by_inputs(layer_data):
+    _, H = layer_data
+    assert H["self_attn.q_proj"] is H["self_attn.k_proj"] is H["self_attn.v_proj"]
+    assert H["mlp.gate_proj"] is H["mlp.up_proj"]
+    assert H["mlp.down_proj"].shape == (1536, 1536) and H["self_attn.o_proj"].shape == (576, 576)
+    ev = torch.linalg.eigvalsh(H["mlp.down_proj"].double())
+    assert ev.min() > -1e-6 * ev.max()   # X^T X is positive semi-definite
+
+
+def test_calibration_refuses_short_text():
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(assets.hf_model_dir())
+    with pytest.raises(ValueError, match="--calib-text"):
+        calibrate.calibration_tokens(tok, "Too short.", 4, 128, 0)
+
+
+def test_weighted_kmeans_finds_lloyd_max_levels():
+    x = torch.randn(200_000, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    c = codebook.weighted_kmeans_1d(x, torch.ones_like(x), 4, iters=100)
+    assert torch.allclose(c, torch.tensor([-1.510, -0.4528, 0.4528, 1.510], dtype=torch.float64), atol=0.02)
+    # importance pulls centroids toward the samples that matter
+    w = (x > 0).double() * 9 + 1
+    assert codebook.weighted_kmeans_1d(x, w, 2)[1] > -codebook.weighted_kmeans_1d(x, w, 2)[0]
+
+
+def test_grouping_separates_differently_shaped_rows():
+    g = torch.Generator().manual_seed(0)
+    gauss = torch.randn(40, 256, generator=g)
+    spiky = torch.randn(40, 256, generator=g) ** 3
+    labels = grouping.group_rows(torch.cat([gauss, spiky]), 2, seed=0)
+    assert len(set(labels[:40].tolist())) == 1 and len(set(labels[40:].tolist())) == 1
+    assert labels[0] != labels[40]
+    assert grouping.group_rows(gauss, 1).unique().tolist() == [0]
+
+
+def test_proximal_update_moves_to_a_neighbour_and_ste_jumps():
+    """One weight at codeword -1 of {-3, -1, 1, 3} whose gradient asks it to grow a little."""
+    C = torch.tensor([[-3.0, -1.0, 1.0, 3.0]])
+    s = torch.ones(1)
+    groups = torch.zeros(1, dtype=torch.long)
+    idx = torch.ones(1, 64, dtype=torch.long)
+    g = torch.full((1, 64), -3.0)       # a move by +2 pays -6 in slope, +4 in curvature
+    hdiag = torch.ones(64)
+    ste = learn.index_step(g, hdiag, s, C, groups, idx, "ste", 1.0)
+    prox = learn.index_step(g, hdiag, s, C, groups, idx, "proximal", 1.0)
+    assert (ste == 3).all()        # straight to the extreme codeword
+    assert (prox == 2).all()       # the neighbouring codeword in the gradient's direction
+    # and a weak gradient leaves the proximal index where it is
+    assert (learn.index_step(g / 3, hdiag, s, C, groups, idx, "proximal", 1.0) == 1).all()
+
+
+def test_learning_lowers_the_output_error_on_real_weights(layer_data):
+    layer, H = layer_data
+    w = layer.self_attn.q_proj.weight.data
+    errs = {}
+    for name, cfg in {"kmeans": learn.Settings(update="none", error_feedback=False),
+                      "ef": learn.Settings(update="none"),
+                      "ste": learn.Settings(update="ste", outer_steps=3),
+                      "proximal": learn.Settings(outer_steps=3)}.items():
+        errs[name] = learn.JLCM(pack.JLCM2, cfg).quantize(w, H["self_attn.q_proj"]).rel_error
+    assert errs["ef"] < 0.8 * errs["kmeans"]
+    assert errs["proximal"] < errs["ef"]
+    assert errs["proximal"] < errs["ste"]
+
+
+@pytest.mark.parametrize("qtype", [pack.JLCM2, pack.JLCM3], ids=lambda t: t.name)
+def test_quantize_is_deterministic_and_packs_what_it_reports(layer_data, qtype):
+    layer, H = layer_data
+    w = layer.mlp.down_proj.weight.data          # 576 x 1536
+    cfg = learn.Settings(outer_steps=2, adam_steps=4)
+    a = learn.JLCM(qtype, cfg).quantize(w, H["mlp.down_proj"])
+    b = learn.JLCM(qtype, cfg).quantize(w, H["mlp.down_proj"])
+    assert a.blocks.tobytes() == b.blocks.tobytes()
+    assert a.blocks.shape == (576 * 1536 // 64, qtype.type_size)
+    assert torch.equal(a.weight, torch.from_numpy(pack.dequantize(qtype, a.blocks)).view(576, 1536))
+    assert 0 < a.rel_error < (0.1 if qtype is pack.JLCM2 else 0.03)
+
+
+def test_rows_must_be_a_multiple_of_64():
+    with pytest.raises(ValueError, match="multiple of 64"):
+        learn.JLCM(pack.JLCM2).quantize(torch.randn(8, 96), torch.eye(96))
