@@ -19,6 +19,14 @@ from jlcm_gguf import assets, cache, llama_cpp, scoreboard
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def reference_gguf(model: Path) -> Path:
+    """A user's model as the reference GGUF: used as is, or converted by llama.cpp's converter."""
+    if model.is_dir():
+        dest = cache.cache_dir() / "models" / f"{model.resolve().name}-F16.gguf"
+        return dest if dest.exists() else assets.convert_hf_to_gguf(model, dest, "f16")
+    return model
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--types", default=",".join(scoreboard.STOCK_TYPES), help="comma-separated llama-quantize types")
@@ -26,15 +34,22 @@ def main() -> int:
     p.add_argument("--chunks", type=int, default=60)
     p.add_argument("--imatrix-chunks", type=int, default=100)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--model", type=Path, help="an F16/BF16/F32 GGUF or an HF directory (default: SmolLM2-135M-Instruct)")
+    p.add_argument("--calib-text", type=Path, help="imatrix text (default: Emma)")
+    p.add_argument("--eval-text", type=Path, help="evaluation text (default: Pride and Prejudice)")
     p.add_argument("--out", type=Path, default=RESULTS / "scoreboard.json")
     args = p.parse_args()
+    for flag in ("model", "calib_text", "eval_text"):
+        path = getattr(args, flag)
+        if path is not None and not path.exists():
+            p.error(f"--{flag.replace('_', '-')} {path} does not exist")
 
     t0 = time.time()
     build = llama_cpp.build(quiet=True)
-    f16 = assets.f16_reference()
-    calib = assets.text_file(assets.CALIB_TEXT)
-    ev = scoreboard.EvalSettings(assets.text_file(assets.EVAL_TEXT), args.ctx, args.chunks, args.threads)
-    work = cache.cache_dir() / "bench" / "stock"
+    f16 = reference_gguf(args.model) if args.model else assets.f16_reference()
+    calib = args.calib_text or assets.text_file(assets.CALIB_TEXT)
+    ev = scoreboard.EvalSettings(args.eval_text or assets.text_file(assets.EVAL_TEXT), args.ctx, args.chunks, args.threads)
+    work = cache.cache_dir() / "bench" / "stock" / ("" if args.model is None else f16.stem)
     work.mkdir(parents=True, exist_ok=True)
 
     runner = scoreboard.Runner(build)
@@ -42,7 +57,7 @@ def main() -> int:
                                        imatrix_chunks=args.imatrix_chunks, threads=args.threads)
     rows = scoreboard.measure(runner, entries, f16, ev, work)
     header = {
-        "model": assets.MODEL_NAME,
+        "model": assets.MODEL_NAME if args.model is None else f16.stem,
         "model_source": f"{assets.MODEL_WHEEL} ({assets.MODEL_MEMBER}) -> HF float32 -> F16 GGUF by convert_hf_to_gguf.py",
         "llama_cpp": f"{llama_cpp.LLAMA_CPP_COMMIT} ({llama_cpp.SDIST_FILE}), options {' '.join(llama_cpp.build_options('native'))}",
         "imatrix": {"text": calib.name, "chunks": args.imatrix_chunks, "ctx": 512},

@@ -26,8 +26,8 @@ QK = pack.QK
 @dataclass
 class Settings:
     n_groups: int = 16
-    outer_steps: int = 8        # rounds of (codebook/scale steps, index step)
-    adam_steps: int = 12
+    outer_steps: int = 4        # rounds of (codebook/scale steps, index step)
+    adam_steps: int = 8
     lr: float = 3e-3
     update: str = "proximal"    # "proximal" | "ste" | "none" (k-means only)
     error_feedback: bool = True # GPTQ-style column-by-column first assignment
@@ -188,7 +188,7 @@ class JLCM:
         """How much each group's codewords matter: the curvature H_ii summed over the weights using them."""
         imp = torch.diagonal(H).expand_as(idx)
         flat = groups[:, None] * shape[1] + idx
-        return torch.zeros(shape[0] * shape[1], dtype=H.dtype).index_add_(0, flat.reshape(-1), imp.reshape(-1)).view(shape)
+        return torch.zeros(shape[0] * shape[1], dtype=H.dtype, device=H.device).index_add_(0, flat.reshape(-1), imp.reshape(-1)).view(shape)
 
     @staticmethod
     def project_codebooks(C, usage, shrink=(1.0, 0.85, 0.7, 0.55, 0.4, 0.3)):
