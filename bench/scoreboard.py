@@ -3,12 +3,14 @@
 
     python bench/scoreboard.py [--types F16,Q4_0,...] [--chunks 60] [--ctx 512]
 
-Writes bench/results/scoreboard.json (rows merged by name, so JLCM rows stay)
-and bench/results/scoreboard.png (KLD against bits per weight, log scale).
+Writes bench/results/scoreboard.json (rows merged by name, so JLCM rows stay),
+bench/results/scoreboard.png (KLD against bits per weight, log scale) and
+bench/results/scoreboard.md (the table the README shows).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 import time
@@ -17,6 +19,11 @@ from pathlib import Path
 from jlcm_gguf import assets, cache, llama_cpp, scoreboard
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def write_views(doc: dict, out: Path) -> None:
+    scoreboard.plot(doc, out.with_suffix(".png"))
+    out.with_suffix(".md").write_text(scoreboard.markdown_table(doc))
 
 
 def reference_gguf(model: Path) -> Path:
@@ -38,7 +45,11 @@ def main() -> int:
     p.add_argument("--calib-text", type=Path, help="imatrix text (default: Emma)")
     p.add_argument("--eval-text", type=Path, help="evaluation text (default: Pride and Prejudice)")
     p.add_argument("--out", type=Path, default=RESULTS / "scoreboard.json")
+    p.add_argument("--plot-only", action="store_true", help="redraw the PNG and table from the JSON, measure nothing")
     args = p.parse_args()
+    if args.plot_only:
+        write_views(json.loads(args.out.read_text()), args.out)
+        return 0
     for flag in ("model", "calib_text", "eval_text"):
         path = getattr(args, flag)
         if path is not None and not path.exists():
@@ -68,8 +79,8 @@ def main() -> int:
         "commands": ["python bench/scoreboard.py " + shlex.join(sys.argv[1:])] + runner.commands,
     }
     doc = scoreboard.merge_rows(args.out, header, rows)
-    scoreboard.plot(doc, args.out.with_suffix(".png"))
-    print(f"wrote {args.out} and {args.out.with_suffix('.png')} in {time.time() - t0:.0f}s")
+    write_views(doc, args.out)
+    print(f"wrote {args.out} (.png, .md) in {time.time() - t0:.0f}s")
     return 0
 
 

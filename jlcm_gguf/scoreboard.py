@@ -228,6 +228,34 @@ def merge_rows(path: Path, header: dict, rows: list[dict]) -> dict:
     return doc
 
 
+def markdown_table(doc: dict) -> str:
+    """The scoreboard as a markdown table, in the JSON's row order."""
+    def fmt(v, spec):
+        return "—" if v is None else format(v, spec)
+    lines = ["| type | kind | file MB | bpw file | bpw linear | PPL | KLD | pp512 t/s | tg128 t/s | linear fallbacks |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in doc["rows"]:
+        fb = ", ".join(f"{k} {100 * v:.1f}%" for k, v in r.get("fallbacks", {}).items()) or "—"
+        lines.append(f"| {r['name']} | {r['kind']} | {r['file_bytes'] / 1e6:.2f} | {r['bpw_file']:.2f} | "
+                     f"{r['bpw_linear']:.2f} | {r['ppl']:.3f} | {r['kld']:.4f} | {fmt(r.get('pp512'), '.1f')} | "
+                     f"{fmt(r.get('tg128'), '.1f')} | {fb} |")
+    m, e = doc["machine"], doc["eval"]
+    lines.append("")
+    lines.append(f"{doc['model']}, {e['text']} at ctx {e['ctx']} × {e['chunks']} chunks, KLD against F16; "
+                 f"llama-bench with {m['cores']} threads on {m['cpu']}, {m['date']}.")
+    return "\n".join(lines) + "\n"
+
+
+def pareto(rows: list[dict]) -> list[dict]:
+    """Rows no other row beats on both bits and KLD, by increasing bits."""
+    front, best = [], float("inf")
+    for r in sorted(rows, key=lambda r: (r["bpw_linear"], r["kld"])):
+        if r["kld"] < best:
+            front.append(r)
+            best = r["kld"]
+    return front
+
+
 def plot(doc: dict, out: Path) -> None:
     """KLD against bits per weight of the linear layers, log scale, one curve per kind."""
     import matplotlib
@@ -240,9 +268,10 @@ def plot(doc: dict, out: Path) -> None:
         rows = sorted((r for r in doc["rows"] if r["kind"] == kind and r["kld"] > 0), key=lambda r: r["bpw_linear"])
         if not rows:
             continue
-        xs = [r["bpw_linear"] for r in rows]
-        ys = [r["kld"] for r in rows]
-        ax.plot(xs, ys, color=color, marker=marker, linestyle="-" if kind == "jlcm" else ":", label=label)
+        ax.scatter([r["bpw_linear"] for r in rows], [r["kld"] for r in rows], color=color, marker=marker, zorder=3)
+        front = pareto(rows)
+        ax.plot([r["bpw_linear"] for r in front], [r["kld"] for r in front], color=color,
+                linestyle="-" if kind == "jlcm" else ":", label=f"{label} (Pareto front)")
         for r in rows:
             ax.annotate(r["name"], (r["bpw_linear"], r["kld"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
     ax.set_yscale("log")

@@ -43,3 +43,13 @@ def test_merge_rows_keeps_other_rows_and_plot(tmp_path):
     assert json.loads(path.read_text()) == doc
     scoreboard.plot(doc, tmp_path / "board.png")
     assert (tmp_path / "board.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_pareto_front_and_table():
+    rows = [{"name": n, "kind": "stock", "bpw_linear": b, "kld": k, "file_bytes": 1e6, "bpw_file": b + 1,
+             "ppl": 20.0, "fallbacks": {}} for n, b, k in (("A", 4.0, 0.4), ("B", 4.1, 0.2), ("C", 4.5, 0.3), ("D", 5.0, 0.1))]
+    assert [r["name"] for r in scoreboard.pareto(rows)] == ["A", "B", "D"]
+    doc = {"model": "m", "eval": {"text": "t.txt", "ctx": 512, "chunks": 60}, "rows": rows,
+           "machine": {"cores": 2, "cpu": "cpu", "date": "2026-01-01"}}
+    table = scoreboard.markdown_table(doc)
+    assert table.count("\n| ") == 4 and "| C | stock | 1.00 | 5.50 | 4.50 | 20.000 | 0.3000 | — | — | — |" in table
