@@ -55,13 +55,13 @@ def variants():
 
 
 def _quantize_job(args):
-    hf, text, down_t, other_t, settings, n_seqs, out = args
+    hf, text, down_t, other_t, settings, n_seqs, device, out = args
     torch.set_num_threads(2)
     plan = Plan(lambda i, name: down_t if name == "mlp.down_proj" else other_t, settings)
     t0 = time.time()
-    res = quantize_model(Path(hf), text, plan, n_seqs=n_seqs, seed=settings.seed, quiet=False)
+    res = quantize_model(Path(hf), text, plan, n_seqs=n_seqs, seed=settings.seed, device=device, quiet=False)
     seconds = time.time() - t0
-    torch.save({k: r.weight for k, r in res.items()}, out)
+    torch.save({k: r.weight.cpu() for k, r in res.items()}, out)
     return seconds, peak_rss_bytes(), {k: r.blocks.nbytes for k, r in res.items()}
 
 
@@ -94,6 +94,7 @@ def main() -> int:
     p.add_argument("--calib-seqs", type=int, default=32)
     p.add_argument("--ctx", type=int, default=512)
     p.add_argument("--chunks", type=int, default=60)
+    p.add_argument("--device", default="cpu", help="torch device for the learning (cuda when torch sees a GPU)")
     p.add_argument("--out", type=Path, default=RESULTS / "quantizer.json")
     args = p.parse_args()
     torch.set_num_threads(2)
@@ -142,7 +143,7 @@ def main() -> int:
                 continue
             out = cache.cache_dir() / "bench" / "quantizer" / f"{name.replace(' ', '_')}.pt"
             out.parent.mkdir(parents=True, exist_ok=True)
-            job = (str(hf), calib, down_t, other_t, settings, args.calib_seqs, out)
+            job = (str(hf), calib, down_t, other_t, settings, args.calib_seqs, args.device, out)
             with mp.get_context("spawn").Pool(1) as pool:
                 seconds, rss, nbytes = pool.apply(_quantize_job, (job,))
             weights = torch.load(out)

@@ -27,8 +27,11 @@ def uniform(qtype: pack.JLCMType, settings: Settings | None = None) -> Plan:
 
 
 def quantize_model(hf_dir: Path, calib_text: str, plan: Plan, n_seqs: int = 32, seq_len: int = 512,
-                   seed: int = 0, device: str = "cpu", quiet: bool = False) -> dict[str, Result]:
-    """Results keyed by HF tensor name (model.layers.N.self_attn.q_proj.weight, ...)."""
+                   seed: int = 0, device: str = "cpu", quiet: bool = False,
+                   n_layers: int | None = None) -> dict[str, Result]:
+    """Results keyed by HF tensor name (model.layers.N.self_attn.q_proj.weight, ...).
+
+    n_layers stops after the first n decoder layers (a quick look, or a test)."""
     from transformers import AutoTokenizer
 
     torch.manual_seed(seed)
@@ -37,7 +40,7 @@ def quantize_model(hf_dir: Path, calib_text: str, plan: Plan, n_seqs: int = 32, 
     tokens = calibration_tokens(tok, calib_text, n_seqs, seq_len, seed)
     hidden = stream.embed(tokens)
     results: dict[str, Result] = {}
-    bar = tqdm(range(stream.n_layers), desc="quantizing", unit="layer", disable=quiet)
+    bar = tqdm(range(min(stream.n_layers, n_layers or stream.n_layers)), desc="quantizing", unit="layer", disable=quiet)
     for i in bar:
         layer = stream.layer(i)
         hess = collect_hessians(stream, layer, hidden)

@@ -117,3 +117,20 @@ def test_quantize_is_deterministic_and_packs_what_it_reports(layer_data, qtype):
 def test_rows_must_be_a_multiple_of_64():
     with pytest.raises(ValueError, match="multiple of 64"):
         learn.JLCM(pack.JLCM2).quantize(torch.randn(8, 96), torch.eye(96))
+
+
+def test_model_loop_quantizes_layer_by_layer():
+    from jlcm_gguf.quantize import Plan, quantize_model
+    from jlcm_gguf.calibrate import WeightStore
+    hf = assets.hf_model_dir()
+    text = assets.text_file("emma").read_text(encoding="utf-8")
+    plan = Plan(lambda i, name: pack.JLCM3 if name == "mlp.down_proj" else pack.JLCM2,
+                learn.Settings(outer_steps=1, adam_steps=2))
+    res = quantize_model(hf, text, plan, n_seqs=2, seq_len=128, quiet=True, n_layers=2)
+    assert len(res) == 14
+    store = WeightStore(hf)
+    down = res["model.layers.1.mlp.down_proj.weight"]
+    assert down.blocks.shape[1] == pack.JLCM3.type_size
+    assert res["model.layers.0.self_attn.k_proj.weight"].blocks.shape == (192 * 576 // 64, pack.JLCM2.type_size)
+    w = store.get("model.layers.1.mlp.down_proj.weight").float()
+    assert 0 < ((down.weight - w).norm() / w.norm()).item() < 0.5
