@@ -76,3 +76,10 @@ def test_cli_generate_rejects_a_missing_model(tmp_path):
 def test_cli_llama_cpp_path_prints_the_build(build):
     r = run_cli("llama-cpp", "path")
     assert r.returncode == 0 and r.stdout.strip() == str(build.bin_dir)
+
+
+def test_demo_runs_end_to_end(build, f16):
+    r = run_cli("demo", "-n", "8", "--quiet", timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.lstrip().startswith("The capital of France is") and "Paris" in r.stdout
+    assert "summary" in r.stdout and "F16" in r.stdout
