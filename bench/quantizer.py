@@ -43,13 +43,9 @@ def variants():
         "ablation": {
             "JLCM2 kmeans-only": ("a: k-means init, no learning, no error feedback", J2, J2,
                                   Settings(update="none", error_feedback=False)),
-            "JLCM2 kmeans+EF": ("k-means init + error-feedback assignment, no learning", J2, J2,
-                                Settings(update="none")),
             "JLCM2 plain-STE": ("b: joint learning, plain STE index update", J2, J2, Settings(update="ste")),
-            "JLCM2 proximal no-EF": ("c without error feedback", J2, J2, Settings(error_feedback=False)),
-            "JLCM2 1 group": ("d: one codebook per tensor", J2, J2, Settings(n_groups=1)),
+            "JLCM2 1 group": ("d: one codebook per tensor (per block column)", J2, J2, Settings(n_groups=1)),
             "JLCM2 4 groups": ("e: 4 groups", J2, J2, Settings(n_groups=4)),
-            "JLCM2 64 groups": ("e: 64 groups", J2, J2, Settings(n_groups=64)),
         },
     }
 

@@ -87,25 +87,29 @@ class LayerStream:
         return out
 
 
-def collect_hessians(stream: LayerStream, layer: torch.nn.Module, hidden: torch.Tensor) -> dict[str, torch.Tensor]:
-    """H = X^T X / n for the input of every linear in the layer (shared inputs computed once)."""
-    acc: dict[str, torch.Tensor] = {}
-    count = {"n": 0}
-    hooks = []
-    for name in SHARED_INPUTS:
-        mod = layer.get_submodule(name)
-
-        def hook(_m, args, name=name):
-            x = args[0].reshape(-1, args[0].shape[-1]).double()
-            acc[name] = acc.get(name, 0) + x.T @ x
-        hooks.append(mod.register_forward_pre_hook(hook))
+def capture_inputs(stream: LayerStream, layer: torch.nn.Module, hidden: torch.Tensor, sources) -> tuple[dict, torch.Tensor]:
+    """Run the layer; return the inputs X (tokens x features) of the `sources` linears, and its output."""
+    xs: dict[str, list] = {src: [] for src in sources}
+    hooks = [layer.get_submodule(src).register_forward_pre_hook(
+        lambda _m, args, src=src: xs[src].append(args[0].reshape(-1, args[0].shape[-1]))) for src in sources]
     try:
-        stream.run(layer, hidden)
+        out = stream.run(layer, hidden)
     finally:
         for h in hooks:
             h.remove()
-    n = hidden.shape[0] * hidden.shape[1]
-    shared = {src: (acc[src] / n).float() for src in SHARED_INPUTS}
+    return {src: torch.cat(v) for src, v in xs.items()}, out
+
+
+def second_moment(x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    """X^T Y / n (Y = X by default), accumulated in float64."""
+    y = x if y is None else y
+    return (x.double().T @ y.double() / x.shape[0]).float()
+
+
+def collect_hessians(stream: LayerStream, layer: torch.nn.Module, hidden: torch.Tensor) -> dict[str, torch.Tensor]:
+    """H = X^T X / n for the input of every linear in the layer (shared inputs computed once)."""
+    xs, _ = capture_inputs(stream, layer, hidden, SHARED_INPUTS)
+    shared = {src: second_moment(x) for src, x in xs.items()}
     return {lin: shared[src] for src, lins in SHARED_INPUTS.items() for lin in lins}
 
 

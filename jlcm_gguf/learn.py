@@ -55,10 +55,10 @@ def index_step(g, hdiag, s, C, groups, idx, rule: str, rho: float):
     ste:      take the codeword minimizing  g delta  -- the straight-through pull grows with |delta|,
               so any index with a nonzero gradient jumps to an extreme codeword.
     """
-    cb = C[groups]                                          # (rows, K)
-    cur = torch.gather(cb, 1, idx)                          # (rows, cols)
+    cb = C[groups].repeat_interleave(QK, dim=1)             # (rows, cols, K): each weight's codebook
+    cur = torch.gather(cb, 2, idx.unsqueeze(-1))            # (rows, cols, 1)
     sw = s.repeat_interleave(QK).view_as(idx)               # (rows, cols)
-    delta = sw.unsqueeze(-1) * (cb.unsqueeze(1) - cur.unsqueeze(-1))    # (rows, cols, K)
+    delta = sw.unsqueeze(-1) * (cb - cur)                   # (rows, cols, K)
     score = g.unsqueeze(-1) * delta
     if rule == "proximal":
         score = score + rho * hdiag.view(1, -1, 1) * delta.pow(2)
@@ -76,8 +76,11 @@ class JLCM:
         d = w - w_hat
         return (d @ H * d).sum()
 
-    def dequant(self, s, C, groups, idx):
-        return s.repeat_interleave(QK).view_as(idx) * torch.gather(C[groups], 1, idx)
+    @staticmethod
+    def dequant(s, C, groups, idx):
+        rows, cols = idx.shape
+        codes = torch.gather(C[groups], 2, idx.view(rows, cols // QK, QK)).view(rows, cols)
+        return s.repeat_interleave(QK).view_as(idx) * codes
 
     # -- initialization ------------------------------------------------------------------------
     def init(self, w, H):
@@ -89,8 +92,11 @@ class JLCM:
         s = ((blocks.pow(2) * bimp).sum(-1) / bimp.sum(-1)).sqrt().clamp_min(1e-8).reshape(-1)
         z = w / s.repeat_interleave(QK).view_as(w)
         K = self.qtype.n_codes
-        C = torch.stack([weighted_kmeans_1d(z[groups == g].reshape(-1), imp[groups == g].reshape(-1), K)
-                         for g in range(int(groups.max()) + 1)])
+        zb = z.view(rows, cols // QK, QK)
+        C = torch.stack([torch.stack([weighted_kmeans_1d(zb[groups == g, b].reshape(-1),
+                                                         bimp[groups == g, b].reshape(-1), K)
+                                      for b in range(cols // QK)])
+                         for g in range(int(groups.max()) + 1)])          # (groups, block columns, K)
         return s, C, groups, self._nearest(z, C, groups)
 
     @staticmethod
@@ -106,7 +112,7 @@ class JLCM:
         W = w.clone()
         W[:, dead] = 0
         sw = s.repeat_interleave(QK).view(rows, cols)
-        cb = C[groups]                                                  # (rows, K)
+        cbs = C[groups]                                                 # (rows, block columns, K)
         idx = torch.empty(rows, cols, dtype=torch.long, device=w.device)
         for a in range(0, cols, block):
             b = min(a + block, cols)
@@ -115,6 +121,7 @@ class JLCM:
             for j in range(b - a):
                 c = a + j
                 col = Wb[:, j]
+                cb = cbs[:, c // QK]
                 k = ((col / sw[:, c]).unsqueeze(1) - cb).abs().argmin(1)
                 idx[:, c] = k
                 q = sw[:, c] * cb.gather(1, k[:, None]).squeeze(1)
@@ -126,8 +133,8 @@ class JLCM:
 
     @staticmethod
     def _nearest(z, C, groups):
-        cb = C[groups]
-        return (z.unsqueeze(-1) - cb.unsqueeze(1)).abs().argmin(-1)
+        cb = C[groups].repeat_interleave(QK, dim=1)
+        return (z.unsqueeze(-1) - cb).abs().argmin(-1)
 
     # -- learning ------------------------------------------------------------------------------
     def fit_continuous(self, w, H, s, C, groups, idx, steps, codebook=True):
@@ -169,9 +176,16 @@ class JLCM:
 
     # -- storage -------------------------------------------------------------------------------
     def to_storage(self, w, H, s, C, groups, idx):
-        """Put each group codebook on the int4 grid, then refit scales and indices to it."""
-        Cq, alpha = self.project_codebooks(C, self.code_usage(H, groups, idx, C.shape))
-        s = s * alpha[groups].repeat_interleave(w.shape[1] // QK)
+        """Put each block's codebook on the int4 grid, then refit scales and indices to it.
+        Returns per-block codebooks: (scales, codebooks (rows, block columns, K), row-as-group labels, indices)."""
+        # Every block stores its own codebook, so the rounding is done per block: the block's codebook
+        # values s_b * C[g, b] get the int4 unit that suits that block's weights, not its group's.
+        rows, cols = w.shape
+        nb, K = cols // QK, C.shape[-1]
+        values = C[groups] * s.view(rows, nb, 1)                              # (rows, block columns, K)
+        groups = torch.arange(rows, device=w.device)
+        Cq, s = self.project_codebooks(values.view(rows * nb, K), self.code_usage(H, groups, idx, values.shape))
+        Cq = Cq.view(rows, nb, K)
         s = self.fit_continuous(w, H, s, Cq, groups, idx, self.cfg.adam_steps, codebook=False)[0]
         if self.cfg.error_feedback:
             # rounding can merge codewords; reassigning against the grid codebook repairs that
@@ -181,21 +195,29 @@ class JLCM:
         if self.cfg.update != "none":
             idx, _ = self.fit_indices(w, H, s, Cq, groups, idx, self.cfg.rho)
         s = self.fit_continuous(w, H, s, Cq, groups, idx, self.cfg.adam_steps, codebook=False)[0]
-        return s.half().float(), Cq, idx
+        return s.half().float(), Cq, groups, idx
 
     @staticmethod
     def code_usage(H, groups, idx, shape):
-        """How much each group's codewords matter: the curvature H_ii summed over the weights using them."""
+        """How much each codeword matters: the curvature H_ii summed over the weights using it.
+        Returns (groups * block columns, K)."""
+        G, nb, K = shape
+        rows, cols = idx.shape
         imp = torch.diagonal(H).expand_as(idx)
-        flat = groups[:, None] * shape[1] + idx
-        return torch.zeros(shape[0] * shape[1], dtype=H.dtype, device=H.device).index_add_(0, flat.reshape(-1), imp.reshape(-1)).view(shape)
+        col_block = torch.arange(cols, device=idx.device) // QK
+        flat = (groups[:, None] * nb + col_block[None, :]) * K + idx
+        usage = torch.zeros(G * nb * K, dtype=H.dtype, device=H.device)
+        return usage.index_add_(0, flat.reshape(-1), imp.reshape(-1)).view(G * nb, K)
 
     @staticmethod
     def project_codebooks(C, usage, shrink=(1.0, 0.85, 0.7, 0.55, 0.4, 0.3)):
         """Integer codebooks in [-8, 7] and their unit per group. A heavy-tailed codebook spans more than 16
         steps; clipping its extreme entry can lose less than collapsing its inner ones, so the unit is
         chosen among a few shrink factors by the usage-weighted rounding error."""
-        full = torch.maximum(C.max(1).values / 7, -C.min(1).values / 8).clamp_min(1e-12)
+        used = usage > 0       # a codeword no weight uses must not stretch the grid
+        hi = torch.where(used, C, torch.full_like(C, -float("inf"))).max(1).values.clamp_min(0)
+        lo = torch.where(used, C, torch.full_like(C, float("inf"))).min(1).values.clamp_max(0)
+        full = torch.maximum(hi / 7, -lo / 8).clamp_min(1e-12)
         best_err = torch.full_like(full, float("inf"))
         best_alpha = full.clone()
         for f in shrink:
@@ -214,15 +236,26 @@ class JLCM:
         if cols % QK:
             raise ValueError(f"{self.qtype.name} needs rows that are a multiple of {QK} wide, got {cols}")
         torch.manual_seed(self.cfg.seed)
+        # the backward of the codebook lookups accumulates with scatter-adds, whose order is free
+        # unless deterministic algorithms are asked for; the same inputs must give the same bytes
+        previous = torch.are_deterministic_algorithms_enabled()
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        try:
+            return self._quantize(w, H)
+        finally:
+            torch.use_deterministic_algorithms(previous)
+
+    def _quantize(self, w, H) -> Result:
+        rows, cols = w.shape
         s, C, groups, idx = self.init(w, H)
         if self.cfg.error_feedback:
             idx = self.error_feedback_assign(w, H, s, C, groups)
         s, C, idx, history = self.learn(w, H, s, C, groups, idx)
-        s, Cq, idx = self.to_storage(w, H, s, C, groups, idx)
+        s, Cq, groups, idx = self.to_storage(w, H, s, C, groups, idx)
         nb = rows * cols // QK
-        blocks = pack.pack(self.qtype, s.numpy().astype(np.float16),
-                           Cq[groups].repeat_interleave(cols // QK, 0).to(torch.int8).numpy(),
-                           idx.view(nb, QK).to(torch.uint8).numpy())
+        blocks = pack.pack(self.qtype, s.cpu().numpy().astype(np.float16),
+                           Cq[groups].reshape(nb, -1).to(torch.int8).cpu().numpy(),
+                           idx.view(nb, QK).to(torch.uint8).cpu().numpy())
         w_hat = torch.from_numpy(pack.dequantize(self.qtype, blocks)).view(rows, cols)
         norm = self.loss(w, torch.zeros_like(w), H)
         return Result(blocks, w_hat, float(self.loss(w, w_hat, H) / norm), history)

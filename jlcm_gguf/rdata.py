@@ -3,8 +3,8 @@
 R packages with LazyData keep their data sets as `Rdata.rdx` (an index) and
 `Rdata.rdb` (the objects), each object in R's XDR serialization, compressed.
 Only what a text data set needs is decoded: vectors, strings, pairlists,
-attributes and the ALTREP wrappers R 3.5+ writes; environments and closures
-are refused with a clear error rather than half-read.
+attributes and the ALTREP wrappers R 3.5+ writes; environments, byte code and
+other types are refused with a clear error rather than half-read.
 """
 from __future__ import annotations
 

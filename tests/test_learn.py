@@ -73,7 +73,7 @@ def test_grouping_separates_differently_shaped_rows():
 
 def test_proximal_update_moves_to_a_neighbour_and_ste_jumps():
     """One weight at codeword -1 of {-3, -1, 1, 3} whose gradient asks it to grow a little."""
-    C = torch.tensor([[-3.0, -1.0, 1.0, 3.0]])
+    C = torch.tensor([[[-3.0, -1.0, 1.0, 3.0]]])     # one group, one block column
     s = torch.ones(1)
     groups = torch.zeros(1, dtype=torch.long)
     idx = torch.ones(1, 64, dtype=torch.long)
