@@ -32,6 +32,8 @@ class Settings:
     update: str = "proximal"    # "proximal" | "ste" | "none" (k-means only)
     error_feedback: bool = True # GPTQ-style column-by-column first assignment
     rho: float = 1.0            # proximal weight; doubled whenever a step would raise the loss
+    code_bits: int = 4          # stored codebook entries; the formats hold 4 (8 is measured in bench/)
+    round_per: str = "block"    # "block" | "group": whose codebook values share one int grid
     seed: int = 0
 
 
@@ -182,10 +184,18 @@ class JLCM:
         # values s_b * C[g, b] get the int4 unit that suits that block's weights, not its group's.
         rows, cols = w.shape
         nb, K = cols // QK, C.shape[-1]
-        values = C[groups] * s.view(rows, nb, 1)                              # (rows, block columns, K)
+        if self.cfg.round_per == "group":
+            G = C.shape[0]
+            Cq, unit = self.project_codebooks(C.view(G * nb, K), self.code_usage(H, groups, idx, C.shape),
+                                              self.cfg.code_bits)
+            Cq, s = Cq.view(G, nb, K)[groups], s * unit.view(G, nb)[groups].reshape(-1)
+        else:
+            values = C[groups] * s.view(rows, nb, 1)                          # (rows, block columns, K)
+            Cq, s = self.project_codebooks(values.view(rows * nb, K),
+                                           self.code_usage(H, torch.arange(rows, device=w.device), idx, values.shape),
+                                           self.cfg.code_bits)
+            Cq = Cq.view(rows, nb, K)
         groups = torch.arange(rows, device=w.device)
-        Cq, s = self.project_codebooks(values.view(rows * nb, K), self.code_usage(H, groups, idx, values.shape))
-        Cq = Cq.view(rows, nb, K)
         s = self.fit_continuous(w, H, s, Cq, groups, idx, self.cfg.adam_steps, codebook=False)[0]
         if self.cfg.error_feedback:
             # rounding can merge codewords; reassigning against the grid codebook repairs that
@@ -210,24 +220,25 @@ class JLCM:
         return usage.index_add_(0, flat.reshape(-1), imp.reshape(-1)).view(G * nb, K)
 
     @staticmethod
-    def project_codebooks(C, usage, shrink=(1.0, 0.85, 0.7, 0.55, 0.4, 0.3)):
-        """Integer codebooks in [-8, 7] and their unit per group. A heavy-tailed codebook spans more than 16
+    def project_codebooks(C, usage, bits=4, shrink=(1.0, 0.85, 0.7, 0.55, 0.4, 0.3)):
+        """Integer codebooks in [-8, 7] (bits=4) and their unit, per row of C. A heavy-tailed codebook spans more than 16
         steps; clipping its extreme entry can lose less than collapsing its inner ones, so the unit is
         chosen among a few shrink factors by the usage-weighted rounding error."""
         used = usage > 0       # a codeword no weight uses must not stretch the grid
         hi = torch.where(used, C, torch.full_like(C, -float("inf"))).max(1).values.clamp_min(0)
         lo = torch.where(used, C, torch.full_like(C, float("inf"))).min(1).values.clamp_max(0)
-        full = torch.maximum(hi / 7, -lo / 8).clamp_min(1e-12)
+        qmin, qmax = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+        full = torch.maximum(hi / qmax, lo / qmin).clamp_min(1e-12)
         best_err = torch.full_like(full, float("inf"))
         best_alpha = full.clone()
         for f in shrink:
             alpha = full * f
-            Cq = torch.round(C / alpha[:, None]).clamp(-8, 7)
+            Cq = torch.round(C / alpha[:, None]).clamp(qmin, qmax)
             err = (usage * (C - alpha[:, None] * Cq) ** 2).sum(1)
             better = err < best_err
             best_err = torch.where(better, err, best_err)
             best_alpha = torch.where(better, alpha, best_alpha)
-        return torch.round(C / best_alpha[:, None]).clamp(-8, 7), best_alpha
+        return torch.round(C / best_alpha[:, None]).clamp(qmin, qmax), best_alpha
 
     def quantize(self, w: torch.Tensor, H: torch.Tensor) -> Result:
         w = w.float()
