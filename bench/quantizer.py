@@ -14,6 +14,7 @@ IQ4_NL file, so "the rest" is equal. Rows go to bench/results/quantizer.json.
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing as mp
 import shlex
 import sys
@@ -92,7 +93,11 @@ def main() -> int:
     p.add_argument("--chunks", type=int, default=60)
     p.add_argument("--device", default="cpu", help="torch device for the learning (cuda when torch sees a GPU)")
     p.add_argument("--out", type=Path, default=RESULTS / "quantizer.json")
+    p.add_argument("--views-only", action="store_true", help="redraw the PNG and table from the JSON, measure nothing")
     args = p.parse_args()
+    if args.views_only:
+        write_views(json.loads(args.out.read_text()), args.out)
+        return 0
     torch.set_num_threads(2)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -128,7 +133,7 @@ def main() -> int:
             row = {"name": qtype, "kind": "stock", "variant": "llama-quantize, imatrix from emma",
                    "bpw_linear": st["bpw_linear"], "linear_types": st["linear_types"], **evaluate.evaluate(m, data, ref)}
             print(row, flush=True)
-            scoreboard.merge_rows(args.out, header, [row])
+            write_views(scoreboard.merge_rows(args.out, header, [row]), args.out)
 
     n_all, n_down = _linear_counts(rest_path)
     for group in ("main", "ablation"):
@@ -152,8 +157,26 @@ def main() -> int:
                    "settings": vars(settings), "quantize_seconds": round(seconds, 1), "peak_rss_bytes": rss,
                    **evaluate.evaluate(m, data, ref)}
             print(row, flush=True)
-            scoreboard.merge_rows(args.out, header, [row])
+            write_views(scoreboard.merge_rows(args.out, header, [row]), args.out)
     return 0
+
+
+def write_views(doc: dict, out: Path) -> None:
+    """quantizer.png (KLD against bpw) and quantizer.md (the table the README shows)."""
+    scoreboard.plot(doc, out.with_suffix(".png"))
+    lines = ["| row | kind | variant | bpw linear | PPL | KLD | quantize s | peak RSS GB |",
+             "|---|---|---|---:|---:|---:|---:|---:|"]
+    for r in doc["rows"]:
+        secs = r.get("quantize_seconds")
+        rss = r.get("peak_rss_bytes")
+        lines.append(f"| {r['name']} | {r['kind']} | {r['variant']} | {r['bpw_linear']:.2f} | {r['ppl']:.3f} | "
+                     f"{r['kld']:.4f} | {'—' if secs is None else f'{secs:.0f}'} | "
+                     f"{'—' if rss is None else f'{rss / 2**30:.2f}'} |")
+    e = doc["eval"]
+    lines += ["", f"{doc['model']}, torch evaluation on {e['text']} (ctx {e['ctx']} × {e['chunks']} chunks, "
+                  f"second half of each chunk scored), KLD against the float model; {doc['machine']['cores']} cores, "
+                  f"{doc['machine']['date']}."]
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
 
 def _linear_counts(path: Path) -> tuple[int, int]:
