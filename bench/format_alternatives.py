@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Block-format alternatives, measured as layer output error on real layers of the default model.
 
-    python bench/format_alternatives.py [--layers 2,11,28] [--calib-seqs 16]
+    python bench/format_alternatives.py [--layers 1,11] [--calib-seqs 16]
 
 For each layer, H comes from float calibration activations (the calibration
 novels). Each alternative is quantized by the same JLCM learner; the figure is
@@ -10,7 +10,9 @@ per weight its block layout costs. Alternatives:
 
 - codebook entries int4 (the formats) or int8 (2 or 4 more bytes a block);
 - the int grid chosen per block (the formats) or per group codebook;
-- 16 groups (default) or one group per row.
+- 16 groups (default) or one group per row;
+- for reference, stock llama.cpp's own tensor where a stock file has one at
+  about these bits: ffn_down of the IQ2_M file is IQ2_S (2.5625 bpw, imatrix).
 
 Results: bench/results/format_alternatives.json.
 """
@@ -27,7 +29,7 @@ import torch
 from jlcm_gguf import assets, cache, calibrate, learn, pack, scoreboard
 
 RESULTS = Path(__file__).resolve().parent / "results"
-TENSORS = ("self_attn.q_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.down_proj")
+TENSORS = ("mlp.gate_proj", "mlp.down_proj")
 
 
 def stored_error(qtype: pack.JLCMType, settings: learn.Settings, w, H) -> float:
@@ -41,9 +43,18 @@ def stored_error(qtype: pack.JLCMType, settings: learn.Settings, w, H) -> float:
     return float(q.loss(w, q.dequant(s, Cq, groups, idx), H) / q.loss(w, torch.zeros_like(w), H))
 
 
+def stock_weights(ftype: str) -> dict:
+    """Dequantized tensors of the stock scoreboard's file of that type, by HF name."""
+    from transformers import AutoModelForCausalLM
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from quantizer import stock_file
+    path = stock_file(ftype)
+    return AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).state_dict()
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--layers", default="2,11,28")
+    p.add_argument("--layers", default="1,11")
     p.add_argument("--calib-seqs", type=int, default=16)
     p.add_argument("--out", type=Path, default=RESULTS / "format_alternatives.json")
     args = p.parse_args()
@@ -58,6 +69,7 @@ def main() -> int:
     hidden = stream.embed(calibrate.calibration_tokens(tok, text, args.calib_seqs, 512, 0))
     want = sorted(int(x) for x in args.layers.split(","))
     base = learn.Settings()
+    stock = stock_weights("IQ2_M")
     rows = []
     for i in range(max(want) + 1):
         layer = stream.layer(i)
@@ -78,6 +90,13 @@ def main() -> int:
                         rows.append({"layer": i, "tensor": name, "type": qtype.name, "alternative": alt,
                                      "bpw": bpw, "rel_error": round(err, 7)})
                         print(rows[-1], flush=True)
+                key = f"model.layers.{i}.{name}.weight"
+                if name == "mlp.down_proj":
+                    h = H[name]
+                    err = float(learn.JLCM.loss(w, stock[key], h) / learn.JLCM.loss(w, torch.zeros_like(w), h))
+                    rows.append({"layer": i, "tensor": name, "type": "IQ2_S", "alternative": "stock IQ2_S (IQ2_M file)",
+                                 "bpw": 2.5625, "rel_error": round(err, 7)})
+                    print(rows[-1], flush=True)
         hidden = stream.run(layer, hidden)
     cache.write_json(args.out, {"model": assets.MODEL_NAME, "metric": "relative layer output error L(W^)/tr(W H W^T)",
                                 "calibration": {"seqs": args.calib_seqs, "len": 512, "inputs": "float model"},
