@@ -45,8 +45,8 @@ def variants():
             "JLCM2 kmeans-only": ("a: k-means init, no learning, no error feedback", J2, J2,
                                   Settings(update="none", error_feedback=False)),
             "JLCM2 plain-STE": ("b: joint learning, plain STE index update", J2, J2, Settings(update="ste")),
-            "JLCM2 1 group": ("d: one codebook per tensor (per block column)", J2, J2, Settings(n_groups=1)),
-            "JLCM2 4 groups": ("e: 4 groups", J2, J2, Settings(n_groups=4)),
+            "JLCM2 1 group": ("d/e: one group (a codebook per block column of the tensor)", J2, J2,
+                              Settings(n_groups=1)),
         },
     }
 
