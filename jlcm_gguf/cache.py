@@ -66,6 +66,10 @@ def atomic_path(dest: Path) -> Path:
 def commit_file(tmp: Path, dest: Path) -> None:
     with open(tmp, "rb+") as f:
         os.fsync(f.fileno())
+    # mkstemp creates 0600; the finished file gets the mode a plain open() would have given it
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     os.replace(tmp, dest)
 
 

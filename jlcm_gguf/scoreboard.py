@@ -276,7 +276,7 @@ def plot(doc: dict, out: Path) -> None:
             ax.annotate(r["name"], (r["bpw_linear"], r["kld"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
     ax.set_yscale("log")
     ax.set_xlabel("bits per weight, linear layers (every byte counted)")
-    ax.set_ylabel(f"KLD vs F16 on {doc['eval']['text']} (log)")
+    ax.set_ylabel(f"KLD vs {doc.get('kld_against', 'F16')} on {doc['eval']['text']} (log)")
     ax.set_title(f"{doc['model']}: quality against size")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()

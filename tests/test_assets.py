@@ -68,3 +68,12 @@ def test_missing_apt_names_the_text_flag(tmp_path):
                        capture_output=True, text=True, env=env)
     assert r.returncode != 0
     assert "apt-get is not available" in r.stderr and "--calib-text/--eval-text" in r.stderr
+
+
+def test_committed_files_get_ordinary_permissions(tmp_path):
+    dest = tmp_path / "out.json"
+    cache.write_json(dest, {"a": 1})
+    umask = os.umask(0)
+    os.umask(umask)
+    assert dest.stat().st_mode & 0o777 == 0o666 & ~umask
+    assert not any(p.name.endswith(".part") for p in tmp_path.iterdir())
