@@ -3,9 +3,10 @@
 The loss is the layer's output error on calibration inputs X, through their
 second moment H = X^T X:
 
-    L(W^) = tr((W - W^) H (W - W^)^T),   W^[r, i] = s[b(r,i)] * C[g(r), idx[r, i]]
+    L(W^) = tr((W - W^) H (W - W^)^T),   W^[r, i] = s[b(r,i)] * C[g(r), i // 64, idx[r, i]]
 
-with g(r) the row's group, b(r, i) the 64-weight block, C the group codebooks.
+with g(r) the row's group, b(r, i) the 64-weight block, C[g, beta] the codebook
+group g uses in block column beta (inputs 64*beta .. 64*beta + 63).
 Codebooks and scales take Adam steps with the indices fixed; the indices take
 a proximal step with codebooks and scales fixed (see `index_step`).
 """
@@ -243,7 +244,7 @@ class JLCM:
     def quantize(self, w: torch.Tensor, H: torch.Tensor) -> Result:
         w = w.float()
         H = H.float()
-        rows, cols = w.shape
+        cols = w.shape[1]
         if cols % QK:
             raise ValueError(f"{self.qtype.name} needs rows that are a multiple of {QK} wide, got {cols}")
         torch.manual_seed(self.cfg.seed)
