@@ -83,3 +83,11 @@ def test_demo_runs_end_to_end(build, f16):
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.lstrip().startswith("The capital of France is") and "Paris" in r.stdout
     assert "summary" in r.stdout and "F16" in r.stdout
+
+
+def test_aarch64_cross_build_generates_under_qemu(f16):
+    """The same greedy continuation from the aarch64 (armv8.2-a+dotprod) build, run by qemu-aarch64."""
+    arm = llama_cpp.build("aarch64", quiet=True)
+    assert arm.command("llama-completion")[0] == "qemu-aarch64"
+    text = llama_cpp.generate(arm, f16, "The capital of France is", n_predict=4)
+    assert "Paris" in text, text
