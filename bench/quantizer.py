@@ -76,12 +76,25 @@ def load_gguf_model(path: Path):
     return AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
 
 
-def linear_bits(stats_rest: dict, n_down: int, n_all: int, down_t, other_t) -> float:
+def linear_bits(rest: dict, down_t, other_t) -> float:
     """bpw of the linear layers for a row: JLCM blocks where JLCM is used, the REST file's bytes elsewhere."""
-    bits = 0.0
-    bits += n_down * (down_t.bpw if down_t else stats_rest["bpw_linear"])
-    bits += (n_all - n_down) * (other_t.bpw if other_t else stats_rest["bpw_linear_no_down"])
-    return bits / n_all
+    down_bits = rest["n_down"] * (down_t.bpw if down_t else rest["bpw_down"])
+    other_bits = (rest["n_all"] - rest["n_down"]) * (other_t.bpw if other_t else rest["bpw_other"])
+    return (down_bits + other_bits) / rest["n_all"]
+
+
+def linear_split(path: Path) -> dict:
+    """Weights and bits per weight of a file's linear layers, ffn_down apart from the rest."""
+    from jlcm_gguf.gguf_io import open_reader
+    elems = {"down": 0, "other": 0}
+    nbytes = {"down": 0, "other": 0}
+    for t in open_reader(path).tensors:
+        if scoreboard.is_linear(t.name):
+            part = "down" if t.name.endswith("ffn_down.weight") else "other"
+            elems[part] += int(t.n_elements)
+            nbytes[part] += int(t.n_bytes)
+    return {"n_all": elems["down"] + elems["other"], "n_down": elems["down"],
+            "bpw_down": 8 * nbytes["down"] / elems["down"], "bpw_other": 8 * nbytes["other"] / elems["other"]}
 
 
 def main() -> int:
@@ -120,8 +133,7 @@ def main() -> int:
     groups = args.rows.split(",")
     only = set(filter(None, args.only.split(",")))
     rest_path = stock_file(REST)
-    rest_stats = scoreboard.tensor_stats(rest_path)
-    rest_stats["bpw_linear_no_down"] = _bpw_without_down(rest_path)
+    rest = linear_split(rest_path)
 
     if "stock" in groups:
         for qtype in STOCK:
@@ -135,7 +147,6 @@ def main() -> int:
             print(row, flush=True)
             write_views(scoreboard.merge_rows(args.out, header, [row]), args.out)
 
-    n_all, n_down = _linear_counts(rest_path)
     for group in ("main", "ablation"):
         if group not in groups:
             continue
@@ -153,7 +164,7 @@ def main() -> int:
             for k, w in weights.items():
                 sd[k].copy_(w)
             row = {"name": name, "kind": "jlcm", "variant": variant,
-                   "bpw_linear": round(linear_bits(rest_stats, n_down, n_all, down_t, other_t), 4),
+                   "bpw_linear": round(linear_bits(rest, down_t, other_t), 4),
                    "settings": vars(settings), "quantize_seconds": round(seconds, 1), "peak_rss_bytes": rss,
                    **evaluate.evaluate(m, data, ref)}
             print(row, flush=True)
@@ -177,26 +188,6 @@ def write_views(doc: dict, out: Path) -> None:
                   f"second half of each chunk scored), KLD against the float model; {doc['machine']['cores']} cores, "
                   f"{doc['machine']['date']}."]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-
-
-def _linear_counts(path: Path) -> tuple[int, int]:
-    from jlcm_gguf.gguf_io import open_reader
-    n_all = n_down = 0
-    for t in open_reader(path).tensors:
-        if scoreboard.is_linear(t.name):
-            n_all += int(t.n_elements)
-            n_down += int(t.n_elements) if t.name.endswith("ffn_down.weight") else 0
-    return n_all, n_down
-
-
-def _bpw_without_down(path: Path) -> float:
-    from jlcm_gguf.gguf_io import open_reader
-    e = b = 0
-    for t in open_reader(path).tensors:
-        if scoreboard.is_linear(t.name) and not t.name.endswith("ffn_down.weight"):
-            e += int(t.n_elements)
-            b += int(t.n_bytes)
-    return 8 * b / e
 
 
 if __name__ == "__main__":
