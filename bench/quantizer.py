@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from jlcm_gguf import assets, cache, evaluate, llama_cpp, pack, scoreboard
+from jlcm_gguf.distill import DistillSettings
 from jlcm_gguf.learn import Settings
 from jlcm_gguf.quantize import Plan, peak_rss_bytes, quantize_model
 
@@ -33,33 +34,39 @@ REST = "IQ4_NL"
 
 
 def variants():
-    """name -> (variant, type for ffn_down, type elsewhere (None: the stock REST file), settings)."""
+    """name -> (variant, type for ffn_down, type elsewhere (None: the stock REST file), settings, distillation).
+
+    The ablations stop after the layer-wise stage (no distillation), so they compare the
+    layer-wise steps alone; "JLCM2 no-distill" is their baseline."""
     J2, J3 = pack.JLCM2, pack.JLCM3
+    full, none = DistillSettings(), DistillSettings(epochs=0)
     return {
         "main": {
-            "JLCM2": ("default", J2, J2, Settings()),
-            "JLCM3": ("default", J3, J3, Settings()),
-            "JLCM2-ffn_down": ("default", J2, None, Settings()),
+            "JLCM2": ("default", J2, J2, Settings(), full),
+            "JLCM3": ("default", J3, J3, Settings(), full),
+            "JLCM2-ffn_down": ("default", J2, None, Settings(), full),
         },
         "ablation": {
-            "JLCM2 kmeans-only": ("a: k-means init, no learning, no error feedback", J2, J2,
-                                  Settings(update="none", error_feedback=False)),
-            "JLCM2 plain-STE": ("b: joint learning, plain STE index update", J2, J2, Settings(update="ste")),
-            "JLCM2 1 group": ("d/e: one group (a codebook per block column of the tensor)", J2, J2,
-                              Settings(n_groups=1)),
+            "JLCM2 no-distill": ("c: layer-wise stage only (proximal update), no distillation", J2, J2, Settings(), none),
+            "JLCM2 kmeans-only": ("a: k-means init, no learning, no error feedback, no distillation", J2, J2,
+                                  Settings(update="none", error_feedback=False), none),
+            "JLCM2 plain-STE": ("b: joint learning, plain STE index update, no distillation", J2, J2,
+                                Settings(update="ste"), none),
+            "JLCM2 1 group": ("d/e: one group (a codebook per block column of the tensor), no distillation", J2, J2,
+                              Settings(n_groups=1), none),
         },
     }
 
 
 def _quantize_job(args):
-    hf, text, down_t, other_t, settings, n_seqs, device, out = args
+    hf, text, down_t, other_t, settings, distill, n_seqs, device, out = args
     torch.set_num_threads(2)
-    plan = Plan(lambda i, name: down_t if name == "mlp.down_proj" else other_t, settings)
+    plan = Plan(lambda i, name: down_t if name == "mlp.down_proj" else other_t, settings, distill)
     t0 = time.time()
-    res = quantize_model(Path(hf), text, plan, n_seqs=n_seqs, seed=settings.seed, device=device, quiet=False)
+    q = quantize_model(Path(hf), text, plan, n_seqs=n_seqs, seed=settings.seed, device=device, quiet=False)
     seconds = time.time() - t0
-    torch.save({k: r.weight.cpu() for k, r in res.items()}, out)
-    return seconds, peak_rss_bytes(), {k: r.blocks.nbytes for k, r in res.items()}
+    torch.save({**{k: r.weight.cpu() for k, r in q.linears.items()}, **q.norms}, out)
+    return seconds, peak_rss_bytes(), {"stages": q.seconds, "distill_kl": q.distill_history}
 
 
 def stock_file(qtype: str) -> Path:
@@ -150,14 +157,14 @@ def main() -> int:
     for group in ("main", "ablation"):
         if group not in groups:
             continue
-        for name, (variant, down_t, other_t, settings) in variants()[group].items():
+        for name, (variant, down_t, other_t, settings, distill) in variants()[group].items():
             if only and name not in only:
                 continue
             out = cache.cache_dir() / "bench" / "quantizer" / f"{name.replace(' ', '_')}.pt"
             out.parent.mkdir(parents=True, exist_ok=True)
-            job = (str(hf), calib, down_t, other_t, settings, args.calib_seqs, args.device, out)
+            job = (str(hf), calib, down_t, other_t, settings, distill, args.calib_seqs, args.device, out)
             with mp.get_context("spawn").Pool(1) as pool:
-                seconds, rss, nbytes = pool.apply(_quantize_job, (job,))
+                seconds, rss, stages = pool.apply(_quantize_job, (job,))
             weights = torch.load(out)
             m = load_gguf_model(rest_path)
             sd = m.state_dict()
@@ -165,7 +172,7 @@ def main() -> int:
                 sd[k].copy_(w)
             row = {"name": name, "kind": "jlcm", "variant": variant,
                    "bpw_linear": round(linear_bits(rest, down_t, other_t), 4),
-                   "settings": vars(settings), "quantize_seconds": round(seconds, 1), "peak_rss_bytes": rss,
+                   "settings": vars(settings), "distill": vars(distill), **stages, "quantize_seconds": round(seconds, 1), "peak_rss_bytes": rss,
                    **evaluate.evaluate(m, data, ref)}
             print(row, flush=True)
             write_views(scoreboard.merge_rows(args.out, header, [row]), args.out)

@@ -40,9 +40,10 @@ class Settings:
 
 @dataclass
 class Result:
+    qtype: pack.JLCMType
     blocks: np.ndarray          # (rows * cols / 64, type_size) uint8, rows in order
     weight: torch.Tensor        # dequantized, equal to pack.dequantize(blocks)
-    rel_error: float            # L(W^) / tr(W H W^T)
+    rel_error: float            # L(W^) / tr(W H W^T), of the layer-wise codes (before any distillation)
     history: list
 
 
@@ -270,4 +271,4 @@ class JLCM:
                            idx.view(nb, QK).to(torch.uint8).cpu().numpy())
         w_hat = torch.from_numpy(pack.dequantize(self.qtype, blocks)).view(rows, cols)
         norm = self.loss(w, torch.zeros_like(w), H)
-        return Result(blocks, w_hat, float(self.loss(w, w_hat, H) / norm), history)
+        return Result(self.qtype, blocks, w_hat, float(self.loss(w, w_hat, H) / norm), history)

@@ -1,4 +1,5 @@
-"""Quantize a model layer by layer: calibrate, learn each linear's JLCM codes, feed the result forward."""
+"""Quantize a model: layer by layer (calibrate, learn each linear's JLCM codes, feed the result
+forward), then distil the block scales and norm gains end to end against the float model."""
 from __future__ import annotations
 
 import resource
@@ -12,6 +13,7 @@ from tqdm import tqdm
 
 from . import pack
 from .calibrate import LINEARS, LayerStream, calibration_tokens, collect_hessians
+from .distill import DistillSettings, distill
 from .learn import JLCM, Result, Settings
 
 
@@ -20,32 +22,45 @@ class Plan:
     """Which JLCM type each linear gets (None keeps it float for the caller to store as it likes)."""
     choose: Callable[[int, str], pack.JLCMType | None]
     settings: Settings = field(default_factory=Settings)
+    distill: DistillSettings = field(default_factory=DistillSettings)
 
 
 def uniform(qtype: pack.JLCMType, settings: Settings | None = None) -> Plan:
     return Plan(lambda layer, name: qtype, settings or Settings())
 
 
+@dataclass
+class Quantized:
+    linears: dict[str, Result]          # by HF tensor name (model.layers.N.self_attn.q_proj.weight, ...)
+    norms: dict[str, torch.Tensor]      # norm gains the distillation changed, by HF name (empty without it)
+    distill_history: list[float]        # mean KL per distillation epoch
+    seconds: dict[str, float]           # wall time of each stage
+
+
 def quantize_model(hf_dir: Path, calib_text: str, plan: Plan, n_seqs: int = 32, seq_len: int = 512,
                    seed: int = 0, device: str = "cpu", quiet: bool = False,
-                   n_layers: int | None = None) -> dict[str, Result]:
-    """Results keyed by HF tensor name (model.layers.N.self_attn.q_proj.weight, ...).
-
-    n_layers stops after the first n decoder layers (a quick look, or a test)."""
+                   n_layers: int | None = None) -> Quantized:
+    """n_layers quantizes only the first n decoder layers (a quick look, or a test); the rest stay float."""
     from transformers import AutoTokenizer
 
     torch.manual_seed(seed)
+    t0 = time.time()
     tok = AutoTokenizer.from_pretrained(hf_dir)
     stream = LayerStream(hf_dir, device)
     tokens = calibration_tokens(tok, calib_text, n_seqs, seq_len, seed)
     hidden = stream.embed(tokens)
+    teach = plan.distill.epochs > 0
+    float_hidden = hidden.clone() if teach else None    # the float model's path, the distillation's target
+    last = min(stream.n_layers, n_layers or stream.n_layers)
     results: dict[str, Result] = {}
-    bar = tqdm(range(min(stream.n_layers, n_layers or stream.n_layers)), desc="quantizing", unit="layer", disable=quiet)
+    bar = tqdm(range(stream.n_layers if teach else last), desc="quantizing", unit="layer", disable=quiet)
     for i in bar:
         layer = stream.layer(i)
-        hess = collect_hessians(stream, layer, hidden)
-        for name in LINEARS:
-            qtype = plan.choose(i, name)
+        chosen = {name: plan.choose(i, name) for name in LINEARS} if i < last else {}
+        hess = collect_hessians(stream, layer, hidden) if any(chosen.values()) else {}
+        if teach:
+            float_hidden = stream.run(layer, float_hidden)
+        for name, qtype in chosen.items():
             if qtype is None:
                 continue
             lin = layer.get_submodule(name)
@@ -53,9 +68,28 @@ def quantize_model(hf_dir: Path, calib_text: str, plan: Plan, n_seqs: int = 32, 
             res = JLCM(qtype, plan.settings).quantize(lin.weight.data.to(device), hess[name].to(device))
             lin.weight.data.copy_(res.weight.to(lin.weight.dtype))
             results[f"model.layers.{i}.{name}.weight"] = res
-        hidden = stream.run(layer, hidden)   # the next layer sees this layer's quantized output
+        hidden = float_hidden if i >= last else stream.run(layer, hidden)
         del layer, hess
-    return results
+    seconds = {"layers": time.time() - t0}
+    if not teach or not results:
+        return Quantized(results, {}, [], seconds)
+    t1 = time.time()
+    model = _float_model(hf_dir, device)
+    with torch.no_grad():
+        for name, res in results.items():
+            model.get_submodule(name.removesuffix(".weight")).weight.copy_(res.weight)
+    quantized = {name: (res.qtype, res.blocks) for name, res in results.items()}
+    blocks, norms, history = distill(model, quantized, tokens.to(device), float_hidden, plan.distill, quiet)
+    for name, res in results.items():
+        res.blocks = blocks[name]
+        res.weight = model.get_submodule(name.removesuffix(".weight")).weight.detach().cpu()
+    seconds["distill"] = time.time() - t1
+    return Quantized(results, norms, history, seconds)
+
+
+def _float_model(hf_dir: Path, device: str):
+    from transformers import AutoModelForCausalLM
+    return AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).to(device)
 
 
 def peak_rss_bytes() -> int:

@@ -120,13 +120,14 @@ def test_rows_must_be_a_multiple_of_64():
 
 
 def test_model_loop_quantizes_layer_by_layer():
-    from jlcm_gguf.quantize import Plan, quantize_model
     from jlcm_gguf.calibrate import WeightStore
+    from jlcm_gguf.distill import DistillSettings
+    from jlcm_gguf.quantize import Plan, quantize_model
     hf = assets.hf_model_dir()
     text = assets.text_file("emma").read_text(encoding="utf-8")
     plan = Plan(lambda i, name: pack.JLCM3 if name == "mlp.down_proj" else pack.JLCM2,
-                learn.Settings(outer_steps=1, adam_steps=2))
-    res = quantize_model(hf, text, plan, n_seqs=2, seq_len=128, quiet=True, n_layers=2)
+                learn.Settings(outer_steps=1, adam_steps=2), DistillSettings(epochs=0))
+    res = quantize_model(hf, text, plan, n_seqs=2, seq_len=128, quiet=True, n_layers=2).linears
     assert len(res) == 14
     store = WeightStore(hf)
     down = res["model.layers.1.mlp.down_proj.weight"]
@@ -134,3 +135,44 @@ def test_model_loop_quantizes_layer_by_layer():
     assert res["model.layers.0.self_attn.k_proj.weight"].blocks.shape == (192 * 576 // 64, pack.JLCM2.type_size)
     w = store.get("model.layers.1.mlp.down_proj.weight").float()
     assert 0 < ((down.weight - w).norm() / w.norm()).item() < 0.5
+
+
+def test_distillation_rescales_blocks_and_lowers_the_kl():
+    """Layers 0-3 in JLCM2 (k-means codes, no learning: a large error to repair), then distillation.
+    Only block scales and norm gains may change; the KL on held-out text must fall."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from jlcm_gguf import distill
+    from jlcm_gguf.quantize import Plan, quantize_model
+    hf = assets.hf_model_dir()
+    emma = assets.text_file("emma").read_text(encoding="utf-8")
+    crude = learn.Settings(update="none", error_feedback=False)
+    before = quantize_model(hf, emma, Plan(lambda i, n: pack.JLCM2, crude, distill.DistillSettings(epochs=0)),
+                            n_seqs=4, seq_len=128, quiet=True, n_layers=4)
+    after = quantize_model(hf, emma, Plan(lambda i, n: pack.JLCM2, crude, distill.DistillSettings(epochs=3)),
+                           n_seqs=4, seq_len=128, quiet=True, n_layers=4)
+    assert after.distill_history[-1] < after.distill_history[0]
+    assert set(after.norms) >= {"model.norm.weight", "model.layers.0.input_layernorm.weight"}
+    for name, a in after.linears.items():
+        b = before.linears[name]
+        da, cba, ia = pack.unpack(a.qtype, a.blocks)
+        db, cbb, ib = pack.unpack(b.qtype, b.blocks)
+        assert np.array_equal(cba, cbb) and np.array_equal(ia, ib)      # codes untouched
+        assert torch.equal(a.weight, torch.from_numpy(pack.dequantize(a.qtype, a.blocks)).view_as(a.weight))
+    assert any(not np.array_equal(pack.unpack(a.qtype, a.blocks)[0], pack.unpack(a.qtype, before.linears[n].blocks)[0])
+               for n, a in after.linears.items())
+
+    tok = AutoTokenizer.from_pretrained(hf)
+    held_out = calibrate.calibration_tokens(tok, assets.text_file("persuasion").read_text(encoding="utf-8"), 2, 128, 0)
+    model = AutoModelForCausalLM.from_pretrained(hf, dtype=torch.float32)
+    with torch.no_grad():
+        teacher = torch.log_softmax(model(held_out).logits, -1)
+
+        def kl(q):
+            sd = model.state_dict()
+            for k, r in q.linears.items():
+                sd[k].copy_(r.weight)
+            for k, v in q.norms.items():
+                sd[k].copy_(v)
+            return distill.kl_to_teacher(teacher, model(held_out).logits).item()
+        kl_before, kl_after = kl(before), kl(after)
+    assert kl_after < 0.9 * kl_before

@@ -1,0 +1,102 @@
+"""End-to-end distillation of what the file keeps in float: block scales and RMSNorm gains.
+
+After the layer-wise learning, codebooks and indices are fixed integers. Two
+kinds of parameter are still free and cost no extra bits: each block's fp16
+scale d, and the RMSNorm gains (F32 tensors in the GGUF). Layer by layer, the
+learner could only see its own layer's output error; here they follow the
+model's real objective, the KL divergence from the float model's next-token
+distribution, over the calibration sequences:
+
+    min over m, g   sum_t KL( p_float(. | x_<t) || p_quant(. | x_<t; d * m, g) )
+
+with one multiplier m per block (parameterized as exp(log m), starting at 1)
+and g the norm gains. The float model's distribution comes from its final
+hidden states, captured while calibrating (`quantize.quantize_model`), so no
+second model is held. This stage holds the model in float (for the default
+model, 0.5 GB); `--distill-epochs 0` skips it for models that do not fit.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.nn.utils import parametrize
+from tqdm import tqdm
+
+from . import pack
+
+
+@dataclass
+class DistillSettings:
+    epochs: int = 2
+    lr: float = 3e-3
+    batch: int = 2          # sequences a step
+
+
+class BlockScale(torch.nn.Module):
+    """w -> w * m, one multiplier per 64-weight block (row-major, the blocks' order in the file)."""
+
+    def __init__(self, rows: int, cols: int):
+        super().__init__()
+        self.log_m = torch.nn.Parameter(torch.zeros(rows, cols // pack.QK))
+
+    def forward(self, w):
+        return w * self.log_m.exp().repeat_interleave(pack.QK, 1)
+
+
+def kl_to_teacher(teacher_logp: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """Mean over positions of KL(teacher || student), both (..., vocab)."""
+    logp = F.log_softmax(logits.float(), -1)
+    return (teacher_logp.exp() * (teacher_logp - logp)).sum(-1).mean()
+
+
+def distill(model, quantized: dict, tokens: torch.Tensor, teacher_hidden: torch.Tensor,
+            settings: DistillSettings, quiet: bool = False) -> tuple[dict[str, np.ndarray], dict, list[float]]:
+    """Fit block multipliers and norm gains of `model`, whose linears named in `quantized`
+    (HF name -> (JLCMType, blocks)) already hold their dequantized weights.
+
+    teacher_hidden: the float model's final hidden states (before the final norm) for `tokens`.
+    Returns (re-scaled blocks by name, tuned norm gains by HF name, mean loss per epoch)."""
+    teacher_norm = copy.deepcopy(model.model.norm)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    scales = {}
+    for name in quantized:
+        lin = model.get_submodule(name.removesuffix(".weight"))
+        parametrize.register_parametrization(lin, "weight", BlockScale(*lin.weight.shape))
+        scales[name] = lin.parametrizations.weight[0].log_m
+    norms = {n: p for n, p in model.named_parameters() if n.endswith("norm.weight")}
+    for p in norms.values():
+        p.requires_grad_(True)
+    opt = torch.optim.Adam([*scales.values(), *norms.values()], lr=settings.lr)
+    history = []
+    steps = range(0, tokens.shape[0], settings.batch)
+    model.train()
+    for epoch in range(settings.epochs):
+        total = 0.0
+        for b in tqdm(steps, desc=f"distilling {epoch + 1}/{settings.epochs}", unit="step", leave=False, disable=quiet):
+            x = tokens[b:b + settings.batch]
+            with torch.no_grad():
+                teacher = F.log_softmax(model.lm_head(teacher_norm(teacher_hidden[b:b + settings.batch])).float(), -1)
+            loss = kl_to_teacher(teacher, model(x).logits)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += loss.item()
+        history.append(total / len(steps))
+    model.eval()
+    blocks = {}
+    for name, log_m in scales.items():
+        qtype, old = quantized[name]
+        d, cb, idx = pack.unpack(qtype, old)
+        d = (d.astype(np.float32) * log_m.detach().exp().reshape(-1).numpy()).clip(-65504, 65504)
+        blocks[name] = pack.pack(qtype, d.astype(np.float16), cb, idx)
+        lin = model.get_submodule(name.removesuffix(".weight"))
+        parametrize.remove_parametrizations(lin, "weight", leave_parametrized=False)
+        lin.weight.data.copy_(torch.from_numpy(pack.dequantize(qtype, blocks[name])).view_as(lin.weight))
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return blocks, {n: p.detach().clone() for n, p in norms.items()}, history
