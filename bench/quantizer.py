@@ -47,6 +47,8 @@ def variants():
             "JLCM2-ffn_down": ("default", J2, None, Settings(), full),
         },
         "ablation": {
+            "JLCM2 float-target": ("f: layer-wise target is the float model's output (T = W B H^-1), with distillation",
+                                   J2, J2, Settings(target="float"), full),
             "JLCM2 no-distill": ("c: layer-wise stage only (proximal update), no distillation", J2, J2, Settings(), none),
             "JLCM2 kmeans-only": ("a: k-means init, no learning, no error feedback, no distillation", J2, J2,
                                   Settings(update="none", error_feedback=False), none),

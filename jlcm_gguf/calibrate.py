@@ -113,6 +113,18 @@ def collect_hessians(stream: LayerStream, layer: torch.nn.Module, hidden: torch.
     return {lin: shared[src] for src, lins in SHARED_INPUTS.items() for lin in lins}
 
 
+def collect_cross_moments(stream: LayerStream, layer: torch.nn.Module, float_hidden: torch.Tensor,
+                          hidden: torch.Tensor) -> tuple[dict, dict, torch.Tensor]:
+    """For every linear input: H = X^T X / n on this (quantized) path and B = X_f^T X / n, X_f the same
+    input on the float model's path. Also returns the layer's output on the float path."""
+    xs, _ = capture_inputs(stream, layer, hidden, SHARED_INPUTS)
+    xf, out = capture_inputs(stream, layer, float_hidden, SHARED_INPUTS)
+    H = {src: second_moment(x) for src, x in xs.items()}
+    B = {src: second_moment(xf[src], x) for src, x in xs.items()}
+    per_lin = lambda d: {lin: d[src] for src, lins in SHARED_INPUTS.items() for lin in lins}
+    return per_lin(H), per_lin(B), out
+
+
 def calibration_tokens(tokenizer, text: str, n_seqs: int, seq_len: int, seed: int) -> torch.Tensor:
     """n_seqs windows of seq_len tokens at seeded random offsets of the tokenized text."""
     ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids[0]

@@ -35,6 +35,7 @@ class Settings:
     rho: float = 1.0            # proximal weight; doubled whenever a step would raise the loss
     code_bits: int = 4          # stored codebook entries; the formats hold 4 (8 is measured in bench/)
     round_per: str = "block"    # "block" | "group": whose codebook values share one int grid
+    target: str = "own"         # "own": W X^T; "float": the float model's output W X_f^T (see float_target)
     seed: int = 0
 
 
@@ -67,6 +68,17 @@ def index_step(g, hdiag, s, C, groups, idx, rule: str, rho: float):
     if rule == "proximal":
         score = score + rho * hdiag.view(1, -1, 1) * delta.pow(2)
     return score.argmin(-1)
+
+
+def float_target(w, H, B, damp=0.01):
+    """The weight T whose output on this path's inputs X best matches the float model's W X_f^T:
+
+        min_W^ |W X_f^T - W^ X^T|^2 / n  =  min_W^ tr((T - W^) H (T - W^)^T) + const,   T = W B H^-1
+
+    with B = X_f^T X / n. Written T = W + W (B - H) H^-1 so that T = W exactly where the paths agree
+    (the damping then shrinks nothing)."""
+    Hd = H + damp * torch.diagonal(H).mean() * torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
+    return w + torch.linalg.solve(Hd, ((B - H).T @ w.T)).T
 
 
 class JLCM:

@@ -12,9 +12,9 @@ import torch
 from tqdm import tqdm
 
 from . import pack
-from .calibrate import LINEARS, LayerStream, calibration_tokens, collect_hessians
+from .calibrate import LINEARS, LayerStream, calibration_tokens, collect_cross_moments, collect_hessians
 from .distill import DistillSettings, distill
-from .learn import JLCM, Result, Settings
+from .learn import JLCM, Result, Settings, float_target
 
 
 @dataclass
@@ -50,26 +50,36 @@ def quantize_model(hf_dir: Path, calib_text: str, plan: Plan, n_seqs: int = 32, 
     tokens = calibration_tokens(tok, calib_text, n_seqs, seq_len, seed)
     hidden = stream.embed(tokens)
     teach = plan.distill.epochs > 0
-    float_hidden = hidden.clone() if teach else None    # the float model's path, the distillation's target
+    to_float = plan.settings.target == "float"
+    # the float model's path: the distillation's target, and the layer-wise target with target="float"
+    float_hidden = hidden.clone() if teach or to_float else None
     last = min(stream.n_layers, n_layers or stream.n_layers)
     results: dict[str, Result] = {}
     bar = tqdm(range(stream.n_layers if teach else last), desc="quantizing", unit="layer", disable=quiet)
     for i in bar:
         layer = stream.layer(i)
         chosen = {name: plan.choose(i, name) for name in LINEARS} if i < last else {}
-        hess = collect_hessians(stream, layer, hidden) if any(chosen.values()) else {}
-        if teach:
-            float_hidden = stream.run(layer, float_hidden)
+        hess, cross = {}, {}
+        if any(chosen.values()) and to_float:
+            hess, cross, float_hidden = collect_cross_moments(stream, layer, float_hidden, hidden)
+        else:
+            if any(chosen.values()):
+                hess = collect_hessians(stream, layer, hidden)
+            if float_hidden is not None:
+                float_hidden = stream.run(layer, float_hidden)
         for name, qtype in chosen.items():
             if qtype is None:
                 continue
             lin = layer.get_submodule(name)
             bar.set_postfix_str(f"{name.split('.')[-1]} {qtype.name}")
-            res = JLCM(qtype, plan.settings).quantize(lin.weight.data.to(device), hess[name].to(device))
+            w = lin.weight.data.to(device).float()
+            if cross:
+                w = float_target(w, hess[name].to(device), cross[name].to(device))
+            res = JLCM(qtype, plan.settings).quantize(w, hess[name].to(device))
             lin.weight.data.copy_(res.weight.to(lin.weight.dtype))
             results[f"model.layers.{i}.{name}.weight"] = res
         hidden = float_hidden if i >= last else stream.run(layer, hidden)
-        del layer, hess
+        del layer, hess, cross
     seconds = {"layers": time.time() - t0}
     if not teach or not results:
         return Quantized(results, {}, [], seconds)
