@@ -44,13 +44,33 @@ class BlockScale(torch.nn.Module):
         self.log_m = torch.nn.Parameter(torch.zeros(rows, cols // pack.QK))
 
     def forward(self, w):
-        return w * self.log_m.exp().repeat_interleave(pack.QK, 1)
+        rows, cols = w.shape      # broadcast, not repeat: no weight-sized multiplier is kept for backward
+        return (w.view(rows, cols // pack.QK, pack.QK) * self.log_m.exp().unsqueeze(-1)).view(rows, cols)
 
 
 def kl_to_teacher(teacher_logp: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     """Mean over positions of KL(teacher || student), both (..., vocab)."""
     logp = F.log_softmax(logits.float(), -1)
     return (teacher_logp.exp() * (teacher_logp - logp)).sum(-1).mean()
+
+
+def _chunk_kl_sum(head, teacher_norm, h, h_teacher):
+    with torch.no_grad():
+        teacher = F.log_softmax(head(teacher_norm(h_teacher)).float(), -1)
+    logp = F.log_softmax(head(h).float(), -1)
+    return (teacher.exp() * (teacher - logp)).sum()
+
+
+def head_kl(model, teacher_norm, normed, teacher_hidden, chunk: int = 128) -> torch.Tensor:
+    """kl_to_teacher of the output head, a chunk of positions at a time: the vocabulary-wide tensors
+    (49152 wide for the default model) are rebuilt in backward instead of kept.
+    normed: the model's final hidden states after its final norm; teacher_hidden: before it."""
+    from torch.utils.checkpoint import checkpoint
+    h = normed.flatten(0, -2)
+    ht = teacher_hidden.flatten(0, -2)
+    total = sum(checkpoint(_chunk_kl_sum, model.lm_head, teacher_norm, h[a:a + chunk], ht[a:a + chunk],
+                           use_reentrant=False) for a in range(0, h.shape[0], chunk))
+    return total / h.shape[0]
 
 
 def distill(model, quantized: dict, tokens: torch.Tensor, teacher_hidden: torch.Tensor,
@@ -78,10 +98,8 @@ def distill(model, quantized: dict, tokens: torch.Tensor, teacher_hidden: torch.
     for epoch in range(settings.epochs):
         total = 0.0
         for b in tqdm(steps, desc=f"distilling {epoch + 1}/{settings.epochs}", unit="step", leave=False, disable=quiet):
-            x = tokens[b:b + settings.batch]
-            with torch.no_grad():
-                teacher = F.log_softmax(model.lm_head(teacher_norm(teacher_hidden[b:b + settings.batch])).float(), -1)
-            loss = kl_to_teacher(teacher, model(x).logits)
+            normed = model.model(tokens[b:b + settings.batch]).last_hidden_state     # after the final norm
+            loss = head_kl(model, teacher_norm, normed, teacher_hidden[b:b + settings.batch])
             opt.zero_grad()
             loss.backward()
             opt.step()

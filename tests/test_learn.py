@@ -176,3 +176,19 @@ def test_distillation_rescales_blocks_and_lowers_the_kl():
             return distill.kl_to_teacher(teacher, model(held_out).logits).item()
         kl_before, kl_after = kl(before), kl(after)
     assert kl_after < 0.9 * kl_before
+
+
+def test_float_target_matches_the_float_output_and_is_w_where_paths_agree():
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(16, 64, generator=g, dtype=torch.float64)
+    xf = torch.randn(4096, 64, generator=g, dtype=torch.float64)
+    # inputs after upstream error: mostly a distortion a weight can undo, plus noise
+    mix = torch.eye(64, dtype=torch.float64) + 0.05 * torch.randn(64, 64, generator=g, dtype=torch.float64)
+    x = xf @ mix + 0.05 * torch.randn(4096, 64, generator=g, dtype=torch.float64)
+    H, B = calibrate.second_moment(x).double(), calibrate.second_moment(xf, x).double()
+    assert torch.allclose(learn.float_target(w, H, H), w)
+    T = learn.float_target(w, H, B, damp=0.0)
+    # T is the least-squares weight for reproducing the float output from these inputs
+    lstsq = torch.linalg.lstsq(x, xf @ w.T).solution.T
+    assert torch.allclose(T, lstsq, atol=1e-4)
+    assert (xf @ w.T - x @ T.T).norm() < 0.3 * (xf @ w.T - x @ w.T).norm()
