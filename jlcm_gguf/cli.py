@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 from . import __version__
 
@@ -75,6 +78,50 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_convert(args) -> int:
+    from . import convert
+    overrides = []
+    for item in args.tensor_type or []:
+        pattern, sep, type_name = item.rpartition("=")
+        if not sep or not pattern:
+            raise convert.ConvertError(f"--tensor-type {item!r}: expected REGEX=TYPE, e.g. 'ffn_down=JLCM3'")
+        overrides.append((pattern, type_name))
+    opts = convert.Options(qtype=args.type, tensor_types=overrides, token_embedding_type=args.token_embedding_type,
+                           output_tensor_type=args.output_tensor_type, calib=[Path(p) for p in args.calib or []],
+                           calib_tokens=args.calib_tokens, calib_len=args.calib_len, seed=args.seed,
+                           outer_steps=args.outer_steps, distill_epochs=args.distill_epochs, device=args.device,
+                           quiet=args.quiet)
+    t0 = time.time()
+    rows = convert.convert(Path(args.model), Path(args.output), opts)
+    if not args.quiet:
+        print(convert.summary_table(rows, Path(args.output).stat().st_size))
+        print(f"wrote {args.output} in {time.time() - t0:.0f} s")
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from . import convert
+    path = Path(args.file)
+    if not path.is_file():
+        raise convert.ConvertError(f"{path}: no such file")
+    rows = convert.summary_rows(path)
+    if args.tensors:
+        print(f"{'tensor':<28} {'type':<8} {'weights':>10} {'bytes':>10} {'bpw':>7}")
+        for r in rows:
+            print(f"{r.name:<28} {r.type_name:<8} {r.n_elements:>10} {r.n_bytes:>10} {8 * r.n_bytes / r.n_elements:>7.3f}")
+    print(convert.summary_table(rows, path.stat().st_size))
+    stats = convert.codebook_stats(path)
+    if stats:
+        levels = np.mean([s["distinct_levels_per_block"] for s in stats.values()])
+        lo = min(s["scale_min"] for s in stats.values())
+        hi = max(s["scale_max"] for s in stats.values())
+        hist = np.sum([s["entry_histogram"] for s in stats.values()], axis=0)
+        print(f"JLCM codebooks: {len(stats)} tensors, {levels:.2f} distinct levels used per block on average, "
+              f"|scale| in [{lo:.3g}, {hi:.3g}]")
+        print("codebook entries -8..7: " + " ".join(str(int(h)) for h in hist))
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="jlcm-gguf", description="Learned grouped-codebook quantization for GGUF models.")
     p.add_argument("--version", action="version", version=f"jlcm-gguf {__version__}")
@@ -101,14 +148,53 @@ def main(argv=None) -> int:
         s.add_argument("--quiet", action="store_true", help="less output while building")
         s.set_defaults(func=func)
 
+    s = sub.add_parser("convert", help="quantize an HF model (or a GGUF of one) into a JLCM GGUF",
+                       description="Quantize MODEL (an HF directory, or a GGUF that is dequantized first) into a "
+                                   "GGUF whose linear layers are JLCM tensors; everything else is what llama.cpp's "
+                                   "own converter writes.")
+    s.add_argument("model", metavar="MODEL")
+    s.add_argument("-o", "--output", required=True, metavar="OUT.gguf")
+    s.add_argument("--type", default="JLCM2", help="type of the linear layers: JLCM2, JLCM3 or a stock type "
+                                                     "(default JLCM2)")
+    s.add_argument("--tensor-type", action="append", metavar="REGEX=TYPE",
+                   help="type for the linears whose GGUF name matches REGEX (repeatable; the last match wins)")
+    s.add_argument("--token-embedding-type", default="Q8_0", help="type of token_embd (default Q8_0)")
+    s.add_argument("--output-tensor-type", default="Q8_0", help="type of output.weight when the model has its own "
+                                                                 "(default Q8_0; tied models have none)")
+    s.add_argument("--calib", nargs="+", metavar="FILE", help="calibration text files (default: the calibration "
+                                                               "novels Emma, Sense and Sensibility, Mansfield Park)")
+    s.add_argument("--calib-tokens", type=int, default=32 * 512, help="calibration tokens (default 16384)")
+    s.add_argument("--calib-len", type=int, default=512, help="tokens per calibration sequence (default 512)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--outer-steps", type=int, default=4, help="rounds of codebook/scale and index learning per "
+                                                              "linear (default 4; 0: k-means + error feedback)")
+    s.add_argument("--distill-epochs", type=int, default=2, help="epochs of end-to-end distillation of block scales "
+                                                                 "and norms (default 2; 0 skips it)")
+    s.add_argument("--device", default="cpu", help="torch device for the learning (e.g. cuda)")
+    s.add_argument("--quiet", action="store_true", help="no progress bars or summary")
+    s.set_defaults(func=cmd_convert)
+
+    s = sub.add_parser("inspect", help="per-tensor types, bytes and bpw of a GGUF, and JLCM codebook statistics")
+    s.add_argument("file", metavar="FILE")
+    s.add_argument("--tensors", action="store_true", help="list every tensor")
+    s.set_defaults(func=cmd_inspect)
+
     args = p.parse_args(argv)
     from .cache import AssetError
+    from .convert import ConvertError
+    from .gguf_io import GGUFFormatError
     from .llama_cpp import BuildError
     try:
         return args.func(args)
-    except (AssetError, BuildError) as e:
+    except (AssetError, BuildError, ConvertError, GGUFFormatError) as e:
         print(f"jlcm-gguf: {e}", file=sys.stderr)
         return 1
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            print(f"jlcm-gguf: out of disk space writing {e.filename or 'the output'} ({e.strerror}); "
+                  "nothing was left behind; free space or choose another -o", file=sys.stderr)
+            return 1
+        raise
     except KeyboardInterrupt:
         print("jlcm-gguf: interrupted", file=sys.stderr)
         return 130

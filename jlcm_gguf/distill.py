@@ -18,6 +18,7 @@ model, 0.5 GB); `--distill-epochs 0` skips it for models that do not fit.
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,7 +34,7 @@ from . import pack
 class DistillSettings:
     epochs: int = 2
     lr: float = 3e-3
-    batch: int = 2          # sequences a step
+    batch: int = 1          # sequences a step (activations of the whole model are kept for backward)
 
 
 class BlockScale(torch.nn.Module):
@@ -92,8 +93,11 @@ def distill(model, quantized: dict, tokens: torch.Tensor, teacher_hidden: torch.
     for p in norms.values():
         p.requires_grad_(True)
     opt = torch.optim.Adam([*scales.values(), *norms.values()], lr=settings.lr)
-    history = []
     steps = range(0, tokens.shape[0], settings.batch)
+    # cosine decay to zero: large moves first, then settle on the fp16 grid's neighbourhood
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda k: 0.5 * (1 + math.cos(math.pi * k / (settings.epochs * len(steps)))))
+    history = []
     model.train()
     for epoch in range(settings.epochs):
         total = 0.0
@@ -103,6 +107,7 @@ def distill(model, quantized: dict, tokens: torch.Tensor, teacher_hidden: torch.
             opt.zero_grad()
             loss.backward()
             opt.step()
+            sched.step()
             total += loss.item()
         history.append(total / len(steps))
     model.eval()

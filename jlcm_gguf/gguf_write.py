@@ -28,6 +28,8 @@ _LAYER_NAMES = {
 _TOP_NAMES = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
               "lm_head.weight": "output.weight"}
 
+LINEAR_CLASSES = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
+
 # llama_ftype values for files whose linears are mostly JLCM (high, like the tensor type ids)
 FILE_TYPES = {"JLCM2": 200, "JLCM3": 201}
 FORMAT_VERSION = 1

@@ -1,0 +1,337 @@
+"""`jlcm-gguf convert`: an HF model (or a GGUF of one) in, a JLCM GGUF out.
+
+Order of work, so that bad input fails before anything slow runs: resolve the
+model (a GGUF is dequantized into a cached HF directory), check architecture,
+weights (readable, finite) and calibration text, choose every tensor's type,
+then write the pinned converter's reference file, quantize, and write the
+result (temporary file in the target directory, fsync, rename).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import assets, cache, gguf_write, pack
+from .calibrate import LINEARS, WeightStore
+from .distill import DistillSettings
+from .learn import Settings
+
+# HF architectures the pinned llama.cpp converter writes as llama-family models that this quantizer's
+# layer stream (q/k/v/o, gate/up/down, RMSNorm) covers
+SUPPORTED_ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2"}
+STOCK_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q5_0", "Q5_1", "Q4_0", "Q4_1")   # what gguf-py can write
+FALLBACK_TYPE = "Q8_0"        # linears whose rows are not a multiple of 64 wide
+
+
+class ConvertError(RuntimeError):
+    """A problem with the input or the options; the message names it and the flag that fixes it."""
+
+
+@dataclass
+class Options:
+    qtype: str = "JLCM2"
+    tensor_types: list[tuple[str, str]] = field(default_factory=list)   # (regex on GGUF names, type)
+    token_embedding_type: str = "Q8_0"
+    output_tensor_type: str = "Q8_0"
+    calib: list[Path] = field(default_factory=list)                    # default: the calibration novels
+    calib_tokens: int = 32 * 512
+    calib_len: int = 512
+    seed: int = 0
+    outer_steps: int = Settings.outer_steps
+    distill_epochs: int = DistillSettings.epochs
+    device: str = "cpu"
+    quiet: bool = False
+
+
+@dataclass
+class Row:
+    name: str          # GGUF tensor name
+    type_name: str
+    n_elements: int
+    n_bytes: int
+
+
+# -- input ------------------------------------------------------------------------------------------
+
+def resolve_model(model: Path, quiet: bool = False) -> Path:
+    """An HF directory for MODEL: the directory itself, or a GGUF dequantized into the cache."""
+    model = Path(model)
+    if model.is_dir():
+        return model
+    if not model.exists():
+        raise ConvertError(f"{model}: no such file or directory (MODEL is an HF directory or a GGUF file)")
+    with open(model, "rb") as f:
+        if f.read(4) != b"GGUF":
+            raise ConvertError(f"{model}: not a GGUF file and not an HF directory")
+    digest = hashlib.sha256(f"{model.resolve()}:{model.stat().st_size}:{model.stat().st_mtime_ns}".encode()).hexdigest()[:16]
+    dest = cache.cache_dir() / "models" / f"{model.stem}-{digest}-hf"
+    with cache.locked(dest.name):
+        if not (dest / "config.json").exists():
+            if not quiet:
+                print(f"dequantizing {model.name} into an HF directory (transformers)")
+            tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+            try:
+                assets._gguf_to_hf(model, tmp)
+                cache.commit_dir(tmp, dest)
+            except Exception as e:
+                raise ConvertError(f"{model}: cannot read it as a model ({str(e).splitlines()[0]})") from e
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def check_model(hf_dir: Path) -> dict:
+    """The model's config, after checking architecture and that every weight reads and is finite."""
+    cfg_path = hf_dir / "config.json"
+    if not cfg_path.exists():
+        raise ConvertError(f"{hf_dir}: no config.json (MODEL is an HF directory with config, safetensors, tokenizer)")
+    try:
+        config = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConvertError(f"{cfg_path}: not valid JSON ({e})") from e
+    archs = config.get("architectures") or ["(none)"]
+    if archs[0] not in SUPPORTED_ARCHITECTURES:
+        raise ConvertError(f"{hf_dir}: architecture {archs[0]} is not supported "
+                           f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)})")
+    try:
+        store = WeightStore(hf_dir)
+    except FileNotFoundError as e:
+        raise ConvertError(f"{hf_dir}: no model.safetensors or model.safetensors.index.json") from e
+    except Exception as e:
+        raise ConvertError(f"{hf_dir}: cannot read the safetensors files ({str(e).splitlines()[0]})") from e
+    for name in store.where:
+        try:
+            t = store.get(name)
+        except Exception as e:
+            raise ConvertError(f"{hf_dir}: tensor {name} cannot be read ({str(e).splitlines()[0]}); "
+                               "the safetensors file is corrupt or truncated") from e
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise ConvertError(f"{hf_dir}: tensor {name} holds NaN or Inf values; fix the checkpoint")
+    return config
+
+
+def calibration_text(opts: Options, tokenizer) -> str:
+    paths = opts.calib or [assets.text_file(n) for n in assets.CALIBRATION_NOVELS]
+    parts = []
+    for p in paths:
+        p = Path(p)
+        if not p.is_file():
+            raise ConvertError(f"{p}: no such calibration file (--calib)")
+        parts.append(p.read_text(encoding="utf-8", errors="replace"))
+    text = "".join(parts)
+    have = len(tokenizer(text, add_special_tokens=False).input_ids) if text.strip() else 0
+    if have < opts.calib_tokens:
+        raise ConvertError(f"calibration text has {have} tokens, fewer than --calib-tokens {opts.calib_tokens}; "
+                           "give more text with --calib or lower --calib-tokens")
+    return text
+
+
+# -- policy -----------------------------------------------------------------------------------------
+
+def check_type(name: str, flag: str, allow_jlcm: bool = True) -> str:
+    allowed = (list(pack.TYPES) if allow_jlcm else []) + list(STOCK_TYPES)
+    if name.upper() not in allowed:
+        raise ConvertError(f"{flag}: unknown type {name!r} (one of {', '.join(allowed)})")
+    return name.upper()
+
+
+def linear_type(opts: Options, gguf_name: str, cols: int) -> str:
+    """The type of one linear: the last matching --tensor-type override, else --type; a JLCM type
+    falls back to FALLBACK_TYPE when the rows are not a multiple of its block."""
+    chosen = opts.qtype
+    for pattern, type_name in opts.tensor_types:
+        if re.search(pattern, gguf_name):
+            chosen = type_name
+    if chosen in pack.TYPES and cols % pack.QK:
+        return FALLBACK_TYPE
+    return chosen
+
+
+def plan_types(opts: Options, config: dict) -> dict[str, str]:
+    """HF linear name -> type name, for every linear of the model."""
+    types = {}
+    for i in range(config["num_hidden_layers"]):
+        for lin in LINEARS:
+            hf = f"model.layers.{i}.{lin}.weight"
+            cols = config["intermediate_size"] if lin == "mlp.down_proj" else config["hidden_size"]
+            types[hf] = linear_type(opts, gguf_write.gguf_name(hf), cols)
+    return types
+
+
+# -- the whole conversion ---------------------------------------------------------------------------
+
+def reference_gguf(hf_dir: Path, quiet: bool) -> Path:
+    """The pinned converter's F16 file for this HF directory (cached, keyed by its files' contents)."""
+    if hf_dir.resolve() == (cache.cache_dir() / "models" / f"{assets.MODEL_NAME}-hf").resolve():
+        return assets.f16_reference()      # the default model's, already made by the pinned converter
+    h = hashlib.sha256()
+    for p in sorted(hf_dir.iterdir()):
+        if p.is_file():
+            h.update(p.name.encode())
+            h.update(cache.sha256_file(p).encode())
+    dest = cache.cache_dir() / "models" / f"reference-{h.hexdigest()[:16]}-F16.gguf"
+    with cache.locked(dest.name):
+        if not dest.exists():
+            if not quiet:
+                print("writing the reference GGUF with llama.cpp's convert_hf_to_gguf.py")
+            assets.convert_hf_to_gguf(hf_dir, dest, "f16")
+    return dest
+
+
+def convert(model: Path, out: Path, opts: Options) -> list[Row]:
+    from transformers import AutoTokenizer
+    from .quantize import Plan, quantize_model
+
+    out = Path(out)
+    if not out.parent.is_dir():
+        raise ConvertError(f"{out.parent}: output directory does not exist (-o)")
+    opts.qtype = check_type(opts.qtype, "--type")
+    opts.token_embedding_type = check_type(opts.token_embedding_type, "--token-embedding-type", False)
+    opts.output_tensor_type = check_type(opts.output_tensor_type, "--output-tensor-type", False)
+    opts.tensor_types = [(p, check_type(t, "--tensor-type")) for p, t in opts.tensor_types]
+    for p, _ in opts.tensor_types:
+        try:
+            re.compile(p)
+        except re.error as e:
+            raise ConvertError(f"--tensor-type: bad pattern {p!r} ({e})") from e
+    if opts.calib_tokens < opts.calib_len:
+        raise ConvertError(f"--calib-tokens {opts.calib_tokens} is less than one {opts.calib_len}-token sequence")
+
+    hf_dir = resolve_model(model, opts.quiet)
+    config = check_model(hf_dir)
+    arch = SUPPORTED_ARCHITECTURES[config["architectures"][0]]
+    tok = AutoTokenizer.from_pretrained(hf_dir)
+    text = calibration_text(opts, tok)
+    types = plan_types(opts, config)
+    reference = reference_gguf(hf_dir, opts.quiet)
+
+    jlcm = {n: pack.TYPES[t] for n, t in types.items() if t in pack.TYPES}
+    plan = Plan(lambda i, lin: jlcm.get(f"model.layers.{i}.{lin}.weight"),
+                Settings(outer_steps=opts.outer_steps, seed=opts.seed),
+                DistillSettings(epochs=opts.distill_epochs))
+    q = quantize_model(hf_dir, text, plan, n_seqs=opts.calib_tokens // opts.calib_len, seq_len=opts.calib_len,
+                       seed=opts.seed, device=opts.device, quiet=opts.quiet)
+
+    store = WeightStore(hf_dir)
+    replace: dict[str, gguf_write.Tensor] = {}
+    for hf, type_name in types.items():
+        name = gguf_write.gguf_name(hf)
+        order = _row_order(hf, config, arch)
+        if hf in q.linears:
+            r = q.linears[hf]
+            replace[name] = gguf_write.jlcm_tensor(r.qtype, r.blocks, *r.weight.shape, order)
+        else:
+            w = store.get(hf).float().numpy()
+            replace[name] = gguf_write.stock_tensor(type_name, w if order is None else w[order])
+    for hf, value in q.norms.items():
+        replace[gguf_write.gguf_name(hf)] = gguf_write.stock_tensor("F32", value.cpu().numpy())
+    embed = store.get("model.embed_tokens.weight").float().numpy()
+    replace["token_embd.weight"] = gguf_write.stock_tensor(opts.token_embedding_type, embed)
+    if store.has("lm_head.weight") and not config.get("tie_word_embeddings", False):
+        replace["output.weight"] = gguf_write.stock_tensor(opts.output_tensor_type,
+                                                           store.get("lm_head.weight").float().numpy())
+    metadata = {
+        "jlcm.format_version": gguf_write.FORMAT_VERSION,
+        "jlcm.types": sorted({t for t in types.values()}),
+        "jlcm.method": "grouped codebooks + proximal index updates, layer-wise output loss; "
+                       "block scales and norms distilled against the float model",
+        "jlcm.n_groups": plan.settings.n_groups,
+        "jlcm.outer_steps": plan.settings.outer_steps,
+        "jlcm.distill_epochs": plan.distill.epochs,
+        "jlcm.seed": opts.seed,
+        "jlcm.calibration.files": [Path(p).name for p in opts.calib] or list(assets.CALIBRATION_NOVELS),
+        "jlcm.calibration.tokens": (opts.calib_tokens // opts.calib_len) * opts.calib_len,
+        "jlcm.calibration.sha256": hashlib.sha256(text.encode()).hexdigest(),
+    }
+    gguf_write.write(reference, out, replace, metadata, gguf_write.FILE_TYPES.get(opts.qtype, 1))
+    return summary_rows(out)
+
+
+def _row_order(hf: str, config: dict, arch: str):
+    if arch != "llama":
+        return None
+    if hf.endswith("self_attn.q_proj.weight"):
+        return gguf_write.qk_row_order(config["num_attention_heads"] * _head_dim(config), config["num_attention_heads"])
+    if hf.endswith("self_attn.k_proj.weight"):
+        heads = config.get("num_key_value_heads", config["num_attention_heads"])
+        return gguf_write.qk_row_order(heads * _head_dim(config), heads)
+    return None
+
+
+def _head_dim(config: dict) -> int:
+    return config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+
+
+# -- reading back -----------------------------------------------------------------------------------
+
+def summary_rows(path: Path) -> list[Row]:
+    from .gguf_io import open_reader
+    return [Row(t.name, t.tensor_type.name, int(t.n_elements), int(t.n_bytes)) for t in open_reader(path).tensors]
+
+
+def tensor_class(name: str) -> str:
+    m = re.fullmatch(r"blk\.\d+\.(.+)\.weight", name)
+    return m.group(1) if m else name.removesuffix(".weight")
+
+
+def summary_table(rows: list[Row], file_bytes: int) -> str:
+    """Per tensor class and type: tensors, weights, bytes, bpw; whole-file and linear-only bpw."""
+    classes: dict[tuple[str, str], list[int]] = {}
+    for r in rows:
+        c = classes.setdefault((tensor_class(r.name), r.type_name), [0, 0, 0])
+        c[0] += 1
+        c[1] += r.n_elements
+        c[2] += r.n_bytes
+    lines = [f"{'tensor class':<16} {'type':<8} {'tensors':>7} {'weights':>12} {'bytes':>12} {'bpw':>7}"]
+    for (cls, t), (n, e, b) in sorted(classes.items()):
+        lines.append(f"{cls:<16} {t:<8} {n:>7} {e:>12,} {b:>12,} {8 * b / e:>7.3f}")
+    total = sum(r.n_elements for r in rows)
+    lin = [r for r in rows if tensor_class(r.name) in gguf_write.LINEAR_CLASSES]
+    lin_e, lin_b = sum(r.n_elements for r in lin), sum(r.n_bytes for r in lin)
+    lines.append(f"linear layers: {lin_e:,} weights, {lin_b:,} bytes, {8 * lin_b / max(lin_e, 1):.3f} bpw")
+    lines.append(f"whole file:    {total:,} weights, {file_bytes:,} bytes, {8 * file_bytes / total:.3f} bpw "
+                 "(every byte: metadata, tokenizer, embeddings, norms)")
+    return "\n".join(lines)
+
+
+def dequantize_tensor(path: Path, name: str) -> np.ndarray:
+    """A tensor of a GGUF as float32 (rows, cols): JLCM through the numpy reference, stock types through gguf-py."""
+    import gguf
+    from .gguf_io import open_reader
+    for t in open_reader(path).tensors:
+        if t.name == name:
+            shape = tuple(int(x) for x in reversed(t.shape.tolist()))
+            if t.tensor_type.name in pack.TYPES:
+                return pack.dequantize(pack.TYPES[t.tensor_type.name], np.asarray(t.data)).reshape(shape)
+            return gguf.quants.dequantize(np.asarray(t.data), t.tensor_type).reshape(shape).astype(np.float32)
+    raise KeyError(f"{path}: no tensor {name}")
+
+
+def codebook_stats(path: Path) -> dict[str, dict]:
+    """Per JLCM tensor: distinct codebook entries used per block (mean), scale range, entry histogram."""
+    from .gguf_io import open_reader
+    stats = {}
+    for t in open_reader(path).tensors:
+        if t.tensor_type.name not in pack.TYPES:
+            continue
+        d, cb, idx = pack.unpack(pack.TYPES[t.tensor_type.name], np.asarray(t.data))
+        used = np.take_along_axis(cb, idx.astype(np.int64), axis=1)
+        distinct = np.mean([len(np.unique(u)) for u in used[:: max(1, len(used) // 2048)]])
+        df = np.abs(d.astype(np.float32))
+        stats[t.name] = {"blocks": len(d), "distinct_levels_per_block": float(distinct),
+                         "scale_min": float(df.min()), "scale_max": float(df.max()),
+                         "entry_histogram": np.bincount((cb.reshape(-1) + 8).astype(np.int64), minlength=16).tolist()}
+    return stats
+
+
+def bits_per_weight(rows: list[Row]) -> float:
+    return 8 * sum(r.n_bytes for r in rows) / sum(r.n_elements for r in rows)
+

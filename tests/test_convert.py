@@ -1,0 +1,235 @@
+"""`jlcm-gguf convert` and `inspect` on the default model: the file, reading it back, and bad input."""
+import json
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import run_cli
+from jlcm_gguf import assets, gguf_write, pack
+from jlcm_gguf.gguf_io import open_reader
+
+# quick settings: the learning is covered by test_learn.py; here the file is what is tested
+QUICK = ("--outer-steps", "0", "--distill-epochs", "1", "--calib-tokens", "512", "--calib-len", "256")
+
+
+def convert(model, out, *extra, **kw):
+    return run_cli("convert", model, "-o", out, *QUICK, "--quiet", *extra, **kw)
+
+
+@pytest.fixture(scope="module")
+def hf():
+    return assets.hf_model_dir()
+
+
+@pytest.fixture(scope="module")
+def converted(hf, tmp_path_factory):
+    out = tmp_path_factory.mktemp("convert") / "smollm2-jlcm2.gguf"
+    r = convert(hf, out, "--tensor-type", "ffn_down=JLCM3")
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def leftovers(directory, keep=()):
+    return sorted(p.name for p in directory.iterdir() if p.name not in keep)
+
+
+def test_file_is_the_converters_except_the_jlcm_tensors(converted, f16):
+    ours, ref = open_reader(converted), open_reader(f16)
+    ours_kv = {k: f.contents() for k, f in ours.fields.items() if not k.startswith("GGUF.")}
+    ref_kv = {k: f.contents() for k, f in ref.fields.items() if not k.startswith("GGUF.")}
+    added = set(ours_kv) - set(ref_kv)
+    assert added and all(k.startswith("jlcm.") for k in added)
+    assert set(ref_kv) <= set(ours_kv)
+    changed = {k for k in ref_kv if ours_kv[k] != ref_kv[k]}
+    assert changed == {"general.file_type"}
+    assert ours_kv["general.file_type"] == gguf_write.FILE_TYPES["JLCM2"]
+    assert ours_kv["tokenizer.ggml.tokens"] == ref_kv["tokenizer.ggml.tokens"]
+    assert [t.name for t in ours.tensors] == [t.name for t in ref.tensors]
+    assert [t.shape.tolist() for t in ours.tensors] == [t.shape.tolist() for t in ref.tensors]
+    types = {t.name: t.tensor_type.name for t in ours.tensors}
+    assert types["blk.0.attn_q.weight"] == "JLCM2" and types["blk.29.ffn_up.weight"] == "JLCM2"
+    assert types["blk.7.ffn_down.weight"] == "JLCM3"
+    assert types["token_embd.weight"] == "Q8_0" and types["output_norm.weight"] == "F32"
+    assert ours_kv["jlcm.format_version"] == gguf_write.FORMAT_VERSION
+
+
+def test_jlcm_tensors_follow_the_converters_row_order(converted, f16, hf):
+    """attn_q/attn_k rows are permuted by llama.cpp's converter; ours must be permuted the same way."""
+    from jlcm_gguf.convert import dequantize_tensor
+    for name in ("blk.4.attn_q.weight", "blk.4.attn_k.weight", "blk.4.attn_v.weight", "blk.4.ffn_down.weight"):
+        ref = dequantize_tensor(f16, name)
+        ours = dequantize_tensor(converted, name)
+        assert ours.shape == ref.shape
+        assert np.linalg.norm(ours - ref) / np.linalg.norm(ref) < 0.5, name
+
+
+def test_distilled_norms_are_written(converted, f16):
+    from jlcm_gguf.convert import dequantize_tensor
+    ours = dequantize_tensor(converted, "blk.3.attn_norm.weight")
+    ref = dequantize_tensor(f16, "blk.3.attn_norm.weight")
+    assert not np.array_equal(ours, ref) and np.allclose(ours, ref, rtol=0.2, atol=0.05)
+
+
+def test_jlcm_dequantize_equals_the_blocks(converted):
+    from jlcm_gguf.convert import dequantize_tensor
+    t = next(t for t in open_reader(converted).tensors if t.name == "blk.2.ffn_gate.weight")
+    blocks = np.asarray(t.data).reshape(-1, pack.JLCM2.type_size)
+    assert np.array_equal(dequantize_tensor(converted, t.name).reshape(-1), pack.dequantize(pack.JLCM2, blocks))
+
+
+def test_gguf_py_reads_it_after_registration(converted):
+    code = ("import sys, gguf\n"
+            "try:\n    gguf.GGUFReader(sys.argv[1])\nexcept ValueError as e:\n    print('refused:', e)\n"
+            "from jlcm_gguf.gguf_io import register_types\nregister_types()\n"
+            "r = gguf.GGUFReader(sys.argv[1])\n"
+            "print(sum(t.tensor_type.name == 'JLCM2' for t in r.tensors))\n")
+    r = subprocess.run([sys.executable, "-c", code, str(converted)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("refused:")           # unregistered gguf-py refuses the unknown type id
+    assert int(lines[1]) == 30 * 6                   # every linear but ffn_down
+
+
+def test_inspect_reports_types_bytes_and_bpw(converted):
+    r = run_cli("inspect", converted, "--tensors")
+    assert r.returncode == 0, r.stderr
+    assert "blk.0.attn_q.weight" in r.stdout and "JLCM2" in r.stdout and "JLCM3" in r.stdout
+    lin = next(line for line in r.stdout.splitlines() if line.startswith("linear layers:"))
+    whole = next(line for line in r.stdout.splitlines() if line.startswith("whole file:"))
+    lin_bpw = float(lin.split(",")[-1].split()[0])
+    # 6 of 7 linear classes in JLCM2 (2.5), ffn_down in JLCM3 (3.75), weighted by their sizes
+    n = {"q": 576 * 576, "k": 192 * 576, "v": 192 * 576, "o": 576 * 576, "gate": 1536 * 576, "up": 1536 * 576}
+    down = 576 * 1536
+    assert lin_bpw == pytest.approx((2.5 * sum(n.values()) + 3.75 * down) / (sum(n.values()) + down), abs=1e-3)
+    assert int(whole.split(",")[1].split()[0]) == converted.stat().st_size
+    assert "distinct levels used per block" in r.stdout
+
+
+def test_same_inputs_and_seed_give_identical_bytes(converted, hf, tmp_path):
+    out = tmp_path / "again.gguf"
+    r = convert(hf, out, "--tensor-type", "ffn_down=JLCM3")
+    assert r.returncode == 0, r.stderr
+    assert out.read_bytes() == converted.read_bytes()
+
+
+# -- bad input: one clear line, non-zero exit, nothing left behind -------------------------------------
+
+def assert_refused(r, *words):
+    assert r.returncode != 0
+    err = r.stderr.strip().splitlines()
+    assert err and err[-1].startswith("jlcm-gguf: "), r.stderr[-2000:]
+    for w in words:
+        assert w in err[-1], err[-1]
+
+
+def test_missing_model(tmp_path):
+    r = convert(tmp_path / "nowhere", tmp_path / "out.gguf")
+    assert_refused(r, "no such file or directory")
+    assert leftovers(tmp_path) == []
+
+
+def copy_hf(hf, dest):
+    dest.mkdir()
+    for p in hf.iterdir():
+        if p.name != "model.safetensors":
+            shutil.copy(p, dest / p.name)
+    return dest
+
+
+def test_unsupported_architecture_is_refused_by_name_before_work(hf, tmp_path):
+    d = copy_hf(hf, tmp_path / "gpt2")
+    os.symlink(hf / "model.safetensors", d / "model.safetensors")
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["architectures"] = ["GPT2LMHeadModel"]
+    (d / "config.json").write_text(json.dumps(cfg))
+    t0 = time.time()
+    r = convert(d, tmp_path / "out.gguf")
+    assert_refused(r, "GPT2LMHeadModel", "not supported")
+    assert time.time() - t0 < 60
+    assert not (tmp_path / "out.gguf").exists()
+
+
+def test_truncated_safetensors(hf, tmp_path):
+    d = copy_hf(hf, tmp_path / "cut")
+    data = (hf / "model.safetensors").read_bytes()
+    (d / "model.safetensors").write_bytes(data[: len(data) // 2])
+    r = convert(d, tmp_path / "out.gguf")
+    assert_refused(r, "truncated")
+    assert leftovers(tmp_path) == ["cut"]
+
+
+def test_nan_weights_are_named(hf, tmp_path):
+    from safetensors.torch import load_file, save_file
+    d = copy_hf(hf, tmp_path / "nan")
+    state = load_file(hf / "model.safetensors")
+    state["model.layers.5.mlp.up_proj.weight"][3, 7] = float("nan")
+    save_file(state, d / "model.safetensors", metadata={"format": "pt"})
+    r = convert(d, tmp_path / "out.gguf")
+    assert_refused(r, "model.layers.5.mlp.up_proj.weight", "NaN")
+    assert leftovers(tmp_path) == ["nan"]
+
+
+@pytest.mark.parametrize("text", ["", "Too short to calibrate anything."], ids=["empty", "short"])
+def test_calibration_text_too_short(hf, tmp_path, text):
+    calib = tmp_path / "calib.txt"
+    calib.write_text(text)
+    r = convert(hf, tmp_path / "out.gguf", "--calib", calib)
+    assert_refused(r, "--calib")
+    assert leftovers(tmp_path) == ["calib.txt"]
+
+
+def test_unknown_type_names_the_flag(hf, tmp_path):
+    r = convert(hf, tmp_path / "out.gguf", "--type", "JLCM9")
+    assert_refused(r, "--type", "JLCM9")
+    r = convert(hf, tmp_path / "out.gguf", "--tensor-type", "ffn_down")
+    assert_refused(r, "--tensor-type", "REGEX=TYPE")
+    assert leftovers(tmp_path) == []
+
+
+def small_filesystem(path, size="4m"):
+    """A tiny tmpfs where this process may mount one (root); None elsewhere."""
+    path.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
+    return path if r.returncode == 0 else None
+
+
+def test_disk_full_leaves_nothing(hf, tmp_path):
+    full = small_filesystem(tmp_path / "tiny")
+    try:
+        if full is not None:
+            r = convert(hf, full / "out.gguf")
+        else:
+            # no mount rights: cap the file size instead, so the write fails the same way (EFBIG)
+            def cap():
+                signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+                resource.setrlimit(resource.RLIMIT_FSIZE, (4 << 20, 4 << 20))
+            full = tmp_path / "tiny"
+            r = convert(hf, full / "out.gguf", preexec_fn=cap)
+        assert_refused(r, "out of disk space")
+        assert leftovers(full) == []
+    finally:
+        subprocess.run(["umount", str(tmp_path / "tiny")], capture_output=True)
+
+
+def test_ctrl_c_stops_cleanly(hf, tmp_path):
+    out = tmp_path / "out.gguf"
+    p = subprocess.Popen([sys.executable, "-m", "jlcm_gguf.cli", "convert", str(hf), "-o", str(out), *QUICK],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # wait until the quantizer is at work (its progress bar is on stderr), then interrupt
+    seen = ""
+    while "quantizing" not in seen:
+        ch = p.stderr.read(1)
+        assert ch, "convert ended before quantizing"
+        seen = (seen + ch)[-200:]
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130
+    assert "interrupted" in err.strip().splitlines()[-1]
+    assert leftovers(tmp_path) == []
