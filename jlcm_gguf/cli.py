@@ -86,15 +86,17 @@ def cmd_convert(args) -> int:
         if not sep or not pattern:
             raise convert.ConvertError(f"--tensor-type {item!r}: expected REGEX=TYPE, e.g. 'ffn_down=JLCM3'")
         overrides.append((pattern, type_name))
-    opts = convert.Options(qtype=args.type, tensor_types=overrides, token_embedding_type=args.token_embedding_type,
+    opts = convert.Options(qtype=args.type, target_bpw=args.target_bpw, tensor_types=overrides, token_embedding_type=args.token_embedding_type,
                            output_tensor_type=args.output_tensor_type, calib=[Path(p) for p in args.calib or []],
                            calib_tokens=args.calib_tokens, calib_len=args.calib_len, seed=args.seed,
                            outer_steps=args.outer_steps, distill_epochs=args.distill_epochs, device=args.device,
                            quiet=args.quiet)
     t0 = time.time()
-    rows = convert.convert(Path(args.model), Path(args.output), opts)
+    rows, notes = convert.convert(Path(args.model), Path(args.output), opts)
     if not args.quiet:
         print(convert.summary_table(rows, Path(args.output).stat().st_size))
+        for note in notes:
+            print(note)
         print(f"wrote {args.output} in {time.time() - t0:.0f} s")
     return 0
 
@@ -156,6 +158,9 @@ def main(argv=None) -> int:
     s.add_argument("-o", "--output", required=True, metavar="OUT.gguf")
     s.add_argument("--type", default="JLCM2", help="type of the linear layers: JLCM2, JLCM3 or a stock type "
                                                      "(default JLCM2)")
+    s.add_argument("--target-bpw", type=float, metavar="X",
+                   help="mix JLCM2 and JLCM3 by measured sensitivity so the whole file (every byte) lands "
+                        "within 0.05 of X bits per weight")
     s.add_argument("--tensor-type", action="append", metavar="REGEX=TYPE",
                    help="type for the linears whose GGUF name matches REGEX (repeatable; the last match wins)")
     s.add_argument("--token-embedding-type", default="Q8_0", help="type of token_embd (default Q8_0)")

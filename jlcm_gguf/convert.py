@@ -19,16 +19,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import assets, cache, gguf_write, pack
-from .calibrate import LINEARS, WeightStore
+from . import assets, cache, gguf_write, pack, policy
+from .calibrate import WeightStore
 from .distill import DistillSettings
 from .learn import Settings
 
 # HF architectures the pinned llama.cpp converter writes as llama-family models that this quantizer's
 # layer stream (q/k/v/o, gate/up/down, RMSNorm) covers
 SUPPORTED_ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2"}
-STOCK_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q5_0", "Q5_1", "Q4_0", "Q4_1")   # what gguf-py can write
-FALLBACK_TYPE = "Q8_0"        # linears whose rows are not a multiple of 64 wide
 
 
 class ConvertError(RuntimeError):
@@ -38,6 +36,7 @@ class ConvertError(RuntimeError):
 @dataclass
 class Options:
     qtype: str = "JLCM2"
+    target_bpw: float | None = None                                     # whole file, every byte counted
     tensor_types: list[tuple[str, str]] = field(default_factory=list)   # (regex on GGUF names, type)
     token_embedding_type: str = "Q8_0"
     output_tensor_type: str = "Q8_0"
@@ -134,38 +133,6 @@ def calibration_text(opts: Options, tokenizer) -> str:
     return text
 
 
-# -- policy -----------------------------------------------------------------------------------------
-
-def check_type(name: str, flag: str, allow_jlcm: bool = True) -> str:
-    allowed = (list(pack.TYPES) if allow_jlcm else []) + list(STOCK_TYPES)
-    if name.upper() not in allowed:
-        raise ConvertError(f"{flag}: unknown type {name!r} (one of {', '.join(allowed)})")
-    return name.upper()
-
-
-def linear_type(opts: Options, gguf_name: str, cols: int) -> str:
-    """The type of one linear: the last matching --tensor-type override, else --type; a JLCM type
-    falls back to FALLBACK_TYPE when the rows are not a multiple of its block."""
-    chosen = opts.qtype
-    for pattern, type_name in opts.tensor_types:
-        if re.search(pattern, gguf_name):
-            chosen = type_name
-    if chosen in pack.TYPES and cols % pack.QK:
-        return FALLBACK_TYPE
-    return chosen
-
-
-def plan_types(opts: Options, config: dict) -> dict[str, str]:
-    """HF linear name -> type name, for every linear of the model."""
-    types = {}
-    for i in range(config["num_hidden_layers"]):
-        for lin in LINEARS:
-            hf = f"model.layers.{i}.{lin}.weight"
-            cols = config["intermediate_size"] if lin == "mlp.down_proj" else config["hidden_size"]
-            types[hf] = linear_type(opts, gguf_write.gguf_name(hf), cols)
-    return types
-
-
 # -- the whole conversion ---------------------------------------------------------------------------
 
 def reference_gguf(hf_dir: Path, quiet: bool) -> Path:
@@ -186,17 +153,20 @@ def reference_gguf(hf_dir: Path, quiet: bool) -> Path:
     return dest
 
 
-def convert(model: Path, out: Path, opts: Options) -> list[Row]:
+def convert(model: Path, out: Path, opts: Options) -> tuple[list[Row], list[str]]:
     from transformers import AutoTokenizer
     from .quantize import Plan, quantize_model
 
     out = Path(out)
     if not out.parent.is_dir():
         raise ConvertError(f"{out.parent}: output directory does not exist (-o)")
-    opts.qtype = check_type(opts.qtype, "--type")
-    opts.token_embedding_type = check_type(opts.token_embedding_type, "--token-embedding-type", False)
-    opts.output_tensor_type = check_type(opts.output_tensor_type, "--output-tensor-type", False)
-    opts.tensor_types = [(p, check_type(t, "--tensor-type")) for p, t in opts.tensor_types]
+    try:
+        opts.qtype = policy.check_type(opts.qtype, "--type")
+        opts.token_embedding_type = policy.check_type(opts.token_embedding_type, "--token-embedding-type", False)
+        opts.output_tensor_type = policy.check_type(opts.output_tensor_type, "--output-tensor-type", False)
+        opts.tensor_types = [(p, policy.check_type(t, "--tensor-type")) for p, t in opts.tensor_types]
+    except policy.PolicyError as e:
+        raise ConvertError(str(e)) from e
     for p, _ in opts.tensor_types:
         try:
             re.compile(p)
@@ -210,8 +180,8 @@ def convert(model: Path, out: Path, opts: Options) -> list[Row]:
     arch = SUPPORTED_ARCHITECTURES[config["architectures"][0]]
     tok = AutoTokenizer.from_pretrained(hf_dir)
     text = calibration_text(opts, tok)
-    types = plan_types(opts, config)
     reference = reference_gguf(hf_dir, opts.quiet)
+    types = choose_types(opts, config, reference)
 
     jlcm = {n: pack.TYPES[t] for n, t in types.items() if t in pack.TYPES}
     plan = Plan(lambda i, lin: jlcm.get(f"model.layers.{i}.{lin}.weight"),
@@ -251,8 +221,39 @@ def convert(model: Path, out: Path, opts: Options) -> list[Row]:
         "jlcm.calibration.tokens": (opts.calib_tokens // opts.calib_len) * opts.calib_len,
         "jlcm.calibration.sha256": hashlib.sha256(text.encode()).hexdigest(),
     }
-    gguf_write.write(reference, out, replace, metadata, gguf_write.FILE_TYPES.get(opts.qtype, 1))
-    return summary_rows(out)
+    weight_of = {L.hf_name: L.n for L in policy.linears(config)}
+    by_type: dict[str, int] = {}
+    for hf, t in types.items():
+        by_type[t] = by_type.get(t, 0) + weight_of[hf]
+    major = max(by_type, key=by_type.get)
+    gguf_write.write(reference, out, replace, metadata, gguf_write.FILE_TYPES.get(major, 1))
+    notes = []
+    falls = [hf for hf, L in zip(types, policy.linears(config))
+             if types[hf] == policy.FALLBACK_TYPE and L.cols % pack.QK]
+    if falls:
+        notes.append(f"{len(falls)} linears fall back to {policy.FALLBACK_TYPE}: rows not a multiple of "
+                     f"{pack.QK} wide (e.g. {falls[0]})")
+    notes.append(f"token_embd: {opts.token_embedding_type}"
+                 + ("" if "output.weight" in replace else " (tied: it is also the output layer)"))
+    return summary_rows(out), notes
+
+
+def choose_types(opts: Options, config: dict, reference: Path) -> dict[str, str]:
+    if opts.target_bpw is None:
+        return policy.plan(config, opts.qtype, opts.tensor_types)
+    from .gguf_io import open_reader
+    tensors = open_reader(reference).tensors
+    lin = {L.gguf_name for L in policy.linears(config)}
+    fixed = reference.stat().st_size - sum(int(t.n_bytes) for t in tensors if t.name in lin)
+    for t in tensors:      # the embedding and output tensors in the types this file will have
+        if t.name in ("token_embd.weight", "output.weight"):
+            want = opts.token_embedding_type if t.name == "token_embd.weight" else opts.output_tensor_type
+            fixed += int(t.n_elements * policy.type_bits(want) / 8) - int(t.n_bytes)
+    try:
+        return policy.target_mix(config, opts.target_bpw, fixed, sum(int(t.n_elements) for t in tensors),
+                                 opts.tensor_types)
+    except policy.PolicyError as e:
+        raise ConvertError(str(e)) from e
 
 
 def _row_order(hf: str, config: dict, arch: str):

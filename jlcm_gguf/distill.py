@@ -115,7 +115,7 @@ def distill(model, quantized: dict, tokens: torch.Tensor, teacher_hidden: torch.
     for name, log_m in scales.items():
         qtype, old = quantized[name]
         d, cb, idx = pack.unpack(qtype, old)
-        d = (d.astype(np.float32) * log_m.detach().exp().reshape(-1).numpy()).clip(-65504, 65504)
+        d = (d.astype(np.float32) * log_m.detach().exp().reshape(-1).cpu().numpy()).clip(-65504, 65504)
         blocks[name] = pack.pack(qtype, d.astype(np.float16), cb, idx)
         lin = model.get_submodule(name.removesuffix(".weight"))
         parametrize.remove_parametrizations(lin, "weight", leave_parametrized=False)

@@ -88,6 +88,7 @@ def quantize_model(hf_dir: Path, calib_text: str, plan: Plan, n_seqs: int = 32, 
     with torch.no_grad():
         for name, res in results.items():
             model.get_submodule(name.removesuffix(".weight")).weight.copy_(res.weight)
+            res.weight = None      # the model holds it now; peak RAM is this stage's
     quantized = {name: (res.qtype, res.blocks) for name, res in results.items()}
     blocks, norms, history = distill(model, quantized, tokens.to(device), float_hidden, plan.distill, quiet)
     for name, res in results.items():

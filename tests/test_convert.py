@@ -1,6 +1,7 @@
 """`jlcm-gguf convert` and `inspect` on the default model: the file, reading it back, and bad input."""
 import json
 import os
+import re
 import resource
 import shutil
 import signal
@@ -103,12 +104,12 @@ def test_inspect_reports_types_bytes_and_bpw(converted):
     assert "blk.0.attn_q.weight" in r.stdout and "JLCM2" in r.stdout and "JLCM3" in r.stdout
     lin = next(line for line in r.stdout.splitlines() if line.startswith("linear layers:"))
     whole = next(line for line in r.stdout.splitlines() if line.startswith("whole file:"))
-    lin_bpw = float(lin.split(",")[-1].split()[0])
+    lin_bpw = float(re.search(r"([\d.]+) bpw", lin).group(1))
     # 6 of 7 linear classes in JLCM2 (2.5), ffn_down in JLCM3 (3.75), weighted by their sizes
     n = {"q": 576 * 576, "k": 192 * 576, "v": 192 * 576, "o": 576 * 576, "gate": 1536 * 576, "up": 1536 * 576}
     down = 576 * 1536
     assert lin_bpw == pytest.approx((2.5 * sum(n.values()) + 3.75 * down) / (sum(n.values()) + down), abs=1e-3)
-    assert int(whole.split(",")[1].split()[0]) == converted.stat().st_size
+    assert int(re.search(r"([\d,]+) bytes", whole).group(1).replace(",", "")) == converted.stat().st_size
     assert "distinct levels used per block" in r.stdout
 
 
@@ -233,3 +234,15 @@ def test_ctrl_c_stops_cleanly(hf, tmp_path):
     assert p.returncode == 130
     assert "interrupted" in err.strip().splitlines()[-1]
     assert leftovers(tmp_path) == []
+
+
+def test_target_bpw_lands_on_the_whole_file(hf, tmp_path):
+    out = tmp_path / "mix.gguf"
+    r = convert(hf, out, "--target-bpw", "4.2")
+    assert r.returncode == 0, r.stderr
+    ours = open_reader(out)
+    linear = re.compile(r"\.(attn_q|attn_k|attn_v|attn_output|ffn_gate|ffn_up|ffn_down)\.weight$")
+    types = {t.tensor_type.name for t in ours.tensors if linear.search(t.name)}
+    assert types == {"JLCM2", "JLCM3"}
+    n = sum(int(t.n_elements) for t in ours.tensors)
+    assert abs(8 * out.stat().st_size / n - 4.2) <= 0.05
