@@ -87,7 +87,7 @@ def distill(model, quantized: dict, tokens: torch.Tensor, teacher_hidden: torch.
     scales = {}
     for name in quantized:
         lin = model.get_submodule(name.removesuffix(".weight"))
-        parametrize.register_parametrization(lin, "weight", BlockScale(*lin.weight.shape))
+        parametrize.register_parametrization(lin, "weight", BlockScale(*lin.weight.shape).to(lin.weight.device))
         scales[name] = lin.parametrizations.weight[0].log_m
     norms = {n: p for n, p in model.named_parameters() if n.endswith("norm.weight")}
     for p in norms.values():

@@ -283,4 +283,4 @@ class JLCM:
                            idx.view(nb, QK).to(torch.uint8).cpu().numpy())
         w_hat = torch.from_numpy(pack.dequantize(self.qtype, blocks)).view(rows, cols)
         norm = self.loss(w, torch.zeros_like(w), H)
-        return Result(self.qtype, blocks, w_hat, float(self.loss(w, w_hat, H) / norm), history)
+        return Result(self.qtype, blocks, w_hat, float(self.loss(w, w_hat.to(w.device), H) / norm), history)
