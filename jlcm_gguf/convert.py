@@ -182,6 +182,7 @@ def convert(model: Path, out: Path, opts: Options) -> tuple[list[Row], list[str]
     text = calibration_text(opts, tok)
     reference = reference_gguf(hf_dir, opts.quiet)
     types = choose_types(opts, config, reference)
+    check_space(out, reference, config, types, opts)
 
     jlcm = {n: pack.TYPES[t] for n, t in types.items() if t in pack.TYPES}
     plan = Plan(lambda i, lin: jlcm.get(f"model.layers.{i}.{lin}.weight"),
@@ -254,6 +255,18 @@ def choose_types(opts: Options, config: dict, reference: Path) -> dict[str, str]
                                  opts.tensor_types)
     except policy.PolicyError as e:
         raise ConvertError(str(e)) from e
+
+
+def check_space(out: Path, reference: Path, config: dict, types: dict[str, str], opts: Options) -> None:
+    """Refuse before the slow work when the output cannot fit (the write would fail at the end)."""
+    new = {L.gguf_name: int(L.n * policy.type_bits(types[L.hf_name]) / 8) for L in policy.linears(config)}
+    embed = config["vocab_size"] * config["hidden_size"]
+    new["token_embd.weight"] = int(embed * policy.type_bits(opts.token_embedding_type) / 8)
+    need = gguf_write.file_size(reference, new)
+    free = shutil.disk_usage(out.parent).free
+    if free < need:
+        raise ConvertError(f"out of disk space: {out} needs about {need / 1e6:.0f} MB, {out.parent} has "
+                           f"{free / 1e6:.0f} MB free; free space or choose another -o")
 
 
 def _row_order(hf: str, config: dict, arch: str):

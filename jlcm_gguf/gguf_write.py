@@ -9,6 +9,7 @@ converter's own output.
 """
 from __future__ import annotations
 
+import errno
 import os
 import re
 from dataclasses import dataclass
@@ -78,6 +79,14 @@ def stock_tensor(type_name: str, values: np.ndarray) -> Tensor:
     return Tensor(int(t), gguf.quants.quantize(values, t), values.shape)
 
 
+def file_size(reference: Path, replace: dict[str, int]) -> int:
+    """Bytes of the file `write` makes from `reference` with the tensors in `replace` (name -> new byte
+    count), up to metadata and alignment (a few KB)."""
+    from .gguf_io import open_reader
+    old = {t.name: int(t.n_bytes) for t in open_reader(reference).tensors}
+    return reference.stat().st_size + sum(n - old[name] for name, n in replace.items())
+
+
 def write(reference: Path, out: Path, replace: dict[str, Tensor], metadata: dict, file_type: int) -> None:
     """Copy `reference` (a GGUF by the pinned converter) to `out`, with the tensors in `replace` (by GGUF
     name) swapped in, `general.file_type` set and `metadata` (key -> str/int/float/list) added.
@@ -121,9 +130,14 @@ def write(reference: Path, out: Path, replace: dict[str, Tensor], metadata: dict
         os.fsync(writer.fout[0].fileno())
         writer.close()
         cache.commit_file(tmp, out)
-    except BaseException:
+    except BaseException as e:
         writer.close()
         tmp.unlink(missing_ok=True)
+        # a full disk shows up as an errno, as gguf-py's own free-space check (a bare OSError), or as
+        # numpy's short write ("N requested and M written"): give all of them one errno
+        full = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+        if isinstance(e, OSError) and (e.errno in full or "free space" in str(e) or " written" in str(e)):
+            raise OSError(errno.ENOSPC, "no space left on device", str(out)) from e
         raise
 
 

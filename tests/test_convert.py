@@ -64,11 +64,16 @@ def test_file_is_the_converters_except_the_jlcm_tensors(converted, f16):
 def test_jlcm_tensors_follow_the_converters_row_order(converted, f16, hf):
     """attn_q/attn_k rows are permuted by llama.cpp's converter; ours must be permuted the same way."""
     from jlcm_gguf.convert import dequantize_tensor
+    heads = {"attn_q": 9, "attn_k": 3}
     for name in ("blk.4.attn_q.weight", "blk.4.attn_k.weight", "blk.4.attn_v.weight", "blk.4.ffn_down.weight"):
         ref = dequantize_tensor(f16, name)
         ours = dequantize_tensor(converted, name)
         assert ours.shape == ref.shape
-        assert np.linalg.norm(ours - ref) / np.linalg.norm(ref) < 0.5, name
+        # 2-3 bits with the quick settings leave a large weight error, but far from a misplaced row's
+        assert np.linalg.norm(ours - ref) / np.linalg.norm(ref) < 0.8, name
+        if name.split(".")[2] in heads:
+            unpermuted = ours[np.argsort(gguf_write.qk_row_order(ours.shape[0], heads[name.split(".")[2]]))]
+            assert np.linalg.norm(unpermuted - ref) / np.linalg.norm(ref) > 1.2, name
 
 
 def test_distilled_norms_are_written(converted, f16):
@@ -201,22 +206,30 @@ def small_filesystem(path, size="4m"):
     return path if r.returncode == 0 else None
 
 
-def test_disk_full_leaves_nothing(hf, tmp_path):
-    full = small_filesystem(tmp_path / "tiny")
+def test_full_disk_is_refused_before_the_work(hf, tmp_path):
+    tiny = small_filesystem(tmp_path / "tiny")
+    if tiny is None:
+        pytest.skip("cannot mount a tmpfs here (not root); the write-time case below still runs")
     try:
-        if full is not None:
-            r = convert(hf, full / "out.gguf")
-        else:
-            # no mount rights: cap the file size instead, so the write fails the same way (EFBIG)
-            def cap():
-                signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-                resource.setrlimit(resource.RLIMIT_FSIZE, (4 << 20, 4 << 20))
-            full = tmp_path / "tiny"
-            r = convert(hf, full / "out.gguf", preexec_fn=cap)
-        assert_refused(r, "out of disk space")
-        assert leftovers(full) == []
+        t0 = time.time()
+        r = convert(hf, tiny / "out.gguf")
+        assert_refused(r, "out of disk space", "-o")
+        assert time.time() - t0 < 60          # before the quantizer's minutes of work
+        assert leftovers(tiny) == []
     finally:
-        subprocess.run(["umount", str(tmp_path / "tiny")], capture_output=True)
+        subprocess.run(["umount", str(tiny)], capture_output=True)
+
+
+def test_disk_full_while_writing_leaves_nothing(hf, tmp_path):
+    """The disk fills during the write: capped by RLIMIT_FSIZE, the write fails as on a full disk."""
+    def cap():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4 << 20, 4 << 20))
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    r = convert(hf, out_dir / "out.gguf", preexec_fn=cap)
+    assert_refused(r, "out of disk space")
+    assert leftovers(out_dir) == []
 
 
 def test_ctrl_c_stops_cleanly(hf, tmp_path):
