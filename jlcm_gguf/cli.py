@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import os
 import sys
 import time
 from pathlib import Path
@@ -201,8 +202,11 @@ def main(argv=None) -> int:
             return 1
         raise
     except KeyboardInterrupt:
-        print("jlcm-gguf: interrupted", file=sys.stderr)
-        return 130
+        # temporary files are gone by now (every writer cleans up on the way out); leave at once rather
+        # than wait on the interpreter's shutdown, which torch's worker threads can stall after a signal
+        print("jlcm-gguf: interrupted", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(130)
 
 
 if __name__ == "__main__":
