@@ -234,8 +234,11 @@ def test_disk_full_while_writing_leaves_nothing(hf, tmp_path):
 
 def test_ctrl_c_stops_cleanly(hf, tmp_path):
     out = tmp_path / "out.gguf"
+    # a shell's background job (CI's, say) runs with SIGINT ignored, and children inherit that;
+    # give the child the disposition of a terminal's foreground process
     p = subprocess.Popen([sys.executable, "-m", "jlcm_gguf.cli", "convert", str(hf), "-o", str(out), *QUICK],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     # wait until the quantizer is at work (its progress bar is on stderr), then interrupt
     seen = ""
     while "quantizing" not in seen:
