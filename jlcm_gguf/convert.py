@@ -193,15 +193,14 @@ def convert(model: Path, out: Path, opts: Options) -> tuple[list[Row], list[str]
 
     store = WeightStore(hf_dir)
     replace: dict[str, gguf_write.Tensor] = {}
-    for hf, type_name in types.items():
-        name = gguf_write.gguf_name(hf)
-        order = _row_order(hf, config, arch)
-        if hf in q.linears:
-            r = q.linears[hf]
-            replace[name] = gguf_write.jlcm_tensor(r.qtype, r.blocks, *r.weight.shape, order)
+    for L in policy.linears(config):
+        order = _row_order(L, config, arch)
+        if L.hf_name in q.linears:
+            r = q.linears[L.hf_name]
+            replace[L.gguf_name] = gguf_write.jlcm_tensor(r.qtype, r.blocks, L.rows, L.cols, order)
         else:
-            w = store.get(hf).float().numpy()
-            replace[name] = gguf_write.stock_tensor(type_name, w if order is None else w[order])
+            w = store.get(L.hf_name).float().numpy()
+            replace[L.gguf_name] = gguf_write.stock_tensor(types[L.hf_name], w if order is None else w[order])
     for hf, value in q.norms.items():
         replace[gguf_write.gguf_name(hf)] = gguf_write.stock_tensor("F32", value.cpu().numpy())
     embed = store.get("model.embed_tokens.weight").float().numpy()
@@ -269,19 +268,14 @@ def check_space(out: Path, reference: Path, config: dict, types: dict[str, str],
                            f"{free / 1e6:.0f} MB free; free space or choose another -o")
 
 
-def _row_order(hf: str, config: dict, arch: str):
-    if arch != "llama":
+def _row_order(L: policy.Linear, config: dict, arch: str):
+    """llama.cpp's converter permutes the rows of llama models' q and k (see gguf_write.qk_row_order)."""
+    if arch != "llama" or L.lin not in ("self_attn.q_proj", "self_attn.k_proj"):
         return None
-    if hf.endswith("self_attn.q_proj.weight"):
-        return gguf_write.qk_row_order(config["num_attention_heads"] * _head_dim(config), config["num_attention_heads"])
-    if hf.endswith("self_attn.k_proj.weight"):
-        heads = config.get("num_key_value_heads", config["num_attention_heads"])
-        return gguf_write.qk_row_order(heads * _head_dim(config), heads)
-    return None
-
-
-def _head_dim(config: dict) -> int:
-    return config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+    heads = config["num_attention_heads"]
+    if L.lin == "self_attn.k_proj":
+        heads = config.get("num_key_value_heads", heads)
+    return gguf_write.qk_row_order(L.rows, heads)
 
 
 # -- reading back -----------------------------------------------------------------------------------
@@ -344,8 +338,3 @@ def codebook_stats(path: Path) -> dict[str, dict]:
                          "scale_min": float(df.min()), "scale_max": float(df.max()),
                          "entry_histogram": np.bincount((cb.reshape(-1) + 8).astype(np.int64), minlength=16).tolist()}
     return stats
-
-
-def bits_per_weight(rows: list[Row]) -> float:
-    return 8 * sum(r.n_bytes for r in rows) / sum(r.n_elements for r in rows)
-

@@ -5,6 +5,7 @@ import re
 from dataclasses import dataclass
 
 from . import pack
+from .gguf_write import gguf_name
 from .calibrate import LINEARS
 
 STOCK_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q5_0", "Q5_1", "Q4_0", "Q4_1")   # what gguf-py can write
@@ -15,9 +16,6 @@ FALLBACK_TYPE = "Q8_0"        # linears whose rows are not a multiple of 64 wide
 CLASS_DAMAGE = {"mlp.gate_proj": 0.89 / 2, "mlp.up_proj": 0.89 / 2, "mlp.down_proj": 0.41,
                 "self_attn.v_proj": 0.26, "self_attn.q_proj": 0.20 / 2, "self_attn.k_proj": 0.20 / 2,
                 "self_attn.o_proj": 0.08}
-GGUF_NAMES = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
-              "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
-              "mlp.down_proj": "ffn_down"}
 
 
 class PolicyError(ValueError):
@@ -59,7 +57,7 @@ def linears(config: dict) -> list[Linear]:
     h, f, q = config["hidden_size"], config["intermediate_size"], config["num_attention_heads"] * head_dim
     shapes = {"self_attn.q_proj": (q, h), "self_attn.k_proj": (kv, h), "self_attn.v_proj": (kv, h),
               "self_attn.o_proj": (h, q), "mlp.gate_proj": (f, h), "mlp.up_proj": (f, h), "mlp.down_proj": (h, f)}
-    return [Linear(f"model.layers.{i}.{lin}.weight", f"blk.{i}.{GGUF_NAMES[lin]}.weight", i, lin, *shapes[lin])
+    return [Linear(f"model.layers.{i}.{lin}.weight", gguf_name(f"model.layers.{i}.{lin}.weight"), i, lin, *shapes[lin])
             for i in range(config["num_hidden_layers"]) for lin in LINEARS]
 
 
