@@ -170,7 +170,7 @@ def source_tree() -> Path:
     return dest
 
 
-def _check_cross_toolchain() -> None:
+def check_cross_toolchain() -> None:
     missing = [t for t in (f"{AARCH64_TRIPLE}-gcc", f"{AARCH64_TRIPLE}-g++", "qemu-aarch64") if not shutil.which(t)]
     if not missing:
         return
@@ -191,7 +191,7 @@ def build(arch: str = "native", quiet: bool = False) -> Build:
         if not shutil.which(tool):
             raise BuildError(f"building llama.cpp needs {tool} on PATH")
     if arch == "aarch64":
-        _check_cross_toolchain()
+        check_cross_toolchain()
     src = source_tree()
     build_dir = cache.cache_dir() / "llama.cpp" / f"build-{build_key(arch)}"
     result = Build(arch, src, build_dir / "bin")

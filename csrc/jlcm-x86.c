@@ -1,0 +1,97 @@
+// AVX2 kernels. Each 64-weight block: the codebook nibbles become a 16-byte
+// int8 table, the 2-bit (3-bit) indices are spread to bytes, and one pshufb per
+// 32 weights turns indices into int8 weights for maddubs against Q8_0.
+#include "jlcm-impl.h"
+
+#if defined(__AVX2__)
+#include <immintrin.h>
+
+#define JLCM_HAVE_SIMD "avx2"
+
+// Codebook nibbles -> int8 entries, entry k in byte k.
+static inline __m128i codebook_table(const uint8_t * cb, int nbytes) {
+    uint32_t raw = 0;
+    for (int i = 0; i < nbytes; i++) raw |= (uint32_t)cb[i] << (8 * i);
+    const __m128i v  = _mm_cvtsi32_si128((int)raw);
+    const __m128i m4 = _mm_set1_epi8(0x0f);
+    const __m128i lo = _mm_and_si128(v, m4);
+    const __m128i hi = _mm_and_si128(_mm_srli_epi16(v, 4), m4);
+    return _mm_sub_epi8(_mm_unpacklo_epi8(lo, hi), _mm_set1_epi8(8));
+}
+
+// 2-bit fields of qs -> one byte per weight: (weights 0..31, weights 32..63).
+static inline void low_indices(const uint8_t * qs, __m256i * i0, __m256i * i1) {
+    const __m256i q  = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)qs));
+    const __m256i m3 = _mm256_set1_epi8(3);
+    *i0 = _mm256_and_si256(_mm256_srlv_epi64(q, _mm256_set_epi64x(2, 2, 0, 0)), m3);
+    *i1 = _mm256_and_si256(_mm256_srlv_epi64(q, _mm256_set_epi64x(6, 6, 4, 4)), m3);
+}
+
+// High index bits: bit i/8 of qh[i%8], moved to bit 2 of byte i.
+static inline void high_indices(const uint8_t * qh, __m256i * i0, __m256i * i1) {
+    int64_t raw;
+    __builtin_memcpy(&raw, qh, 8);
+    const __m256i h  = _mm256_set1_epi64x(raw);
+    const __m256i m0 = _mm256_set_epi64x(0x0808080808080808LL, 0x0404040404040404LL,
+                                         0x0202020202020202LL, 0x0101010101010101LL);
+    const __m256i m1 = _mm256_slli_epi64(m0, 4);
+    const __m256i four = _mm256_set1_epi8(4);
+    *i0 = _mm256_or_si256(*i0, _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(h, m0), m0), four));
+    *i1 = _mm256_or_si256(*i1, _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(h, m1), m1), four));
+}
+
+// int8 weights . int8 activations, 32 of each -> 8 int32 partial sums
+static inline __m256i dot32(__m256i w, const int8_t * y) {
+    const __m256i a = _mm256_loadu_si256((const __m256i *)y);
+    const __m256i p = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(a, w));
+    return _mm256_madd_epi16(p, _mm256_set1_epi16(1));
+}
+
+static inline float hsum8(__m256 v) {
+    __m128 r = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    r = _mm_add_ps(r, _mm_movehl_ps(r, r));
+    r = _mm_add_ss(r, _mm_movehdup_ps(r));
+    return _mm_cvtss_f32(r);
+}
+
+static inline __m256 accumulate(__m256 acc, __m256i w0, __m256i w1, float d, const block_q8_0_jlcm * y) {
+    const __m256 s0 = _mm256_set1_ps(d * jlcm_half_to_float(y[0].d));
+    const __m256 s1 = _mm256_set1_ps(d * jlcm_half_to_float(y[1].d));
+    acc = _mm256_fmadd_ps(s0, _mm256_cvtepi32_ps(dot32(w0, y[0].qs)), acc);
+    return _mm256_fmadd_ps(s1, _mm256_cvtepi32_ps(dot32(w1, y[1].qs)), acc);
+}
+
+void vec_dot_jlcm2_q8_0_simd(int n, float * s, size_t bs, const void * vx, size_t bx, const void * vy, size_t by, int nrc) {
+    (void)bs; (void)bx; (void)by; (void)nrc;
+    const block_jlcm2 * x = (const block_jlcm2 *)vx;
+    const block_q8_0_jlcm * y = (const block_q8_0_jlcm *)vy;
+    __m256 acc = _mm256_setzero_ps();
+    for (int b = 0; b < n / QK_JLCM; b++) {
+        const __m256i t = _mm256_broadcastsi128_si256(codebook_table(x[b].cb, 2));
+        __m256i i0, i1;
+        low_indices(x[b].qs, &i0, &i1);
+        acc = accumulate(acc, _mm256_shuffle_epi8(t, i0), _mm256_shuffle_epi8(t, i1),
+                         jlcm_half_to_float(x[b].d), &y[2 * b]);
+    }
+    *s = hsum8(acc);
+}
+
+void vec_dot_jlcm3_q8_0_simd(int n, float * s, size_t bs, const void * vx, size_t bx, const void * vy, size_t by, int nrc) {
+    (void)bs; (void)bx; (void)by; (void)nrc;
+    const block_jlcm3 * x = (const block_jlcm3 *)vx;
+    const block_q8_0_jlcm * y = (const block_q8_0_jlcm *)vy;
+    __m256 acc = _mm256_setzero_ps();
+    for (int b = 0; b < n / QK_JLCM; b++) {
+        const __m256i t = _mm256_broadcastsi128_si256(codebook_table(x[b].cb, 4));
+        __m256i i0, i1;
+        low_indices(x[b].qs, &i0, &i1);
+        high_indices(x[b].qh, &i0, &i1);
+        acc = accumulate(acc, _mm256_shuffle_epi8(t, i0), _mm256_shuffle_epi8(t, i1),
+                         jlcm_half_to_float(x[b].d), &y[2 * b]);
+    }
+    *s = hsum8(acc);
+}
+
+const char * jlcm_simd_name(void) { return JLCM_HAVE_SIMD; }
+
+#endif

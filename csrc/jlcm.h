@@ -1,0 +1,82 @@
+// JLCM tensor types: block structs and the kernels' entry points.
+//
+// One source for both users: the Python package builds these files with cffi,
+// and the llama.cpp patch set compiles the same files into ggml-cpu. The block
+// layout is specified in docs/FORMAT.md; jlcm_gguf/pack.py is its numpy reference.
+#pragma once
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define QK_JLCM 64      // weights per JLCM block
+#define QK8_0_JLCM 32   // weights per Q8_0 activation block (ggml's QK8_0)
+
+#define JLCM_TYPE_JLCM2 200   // ggml type ids, far above upstream's
+#define JLCM_TYPE_JLCM3 201
+
+typedef uint16_t jlcm_half;   // IEEE binary16 bits, as ggml_half
+
+typedef struct {
+    jlcm_half d;                 // block scale
+    uint8_t   cb[2];             // codebook: 4 entries, nibble k holds entry k + 8
+    uint8_t   qs[QK_JLCM/4];     // 2-bit indices; index i at bits 2*(i/16) of qs[i%16]
+} block_jlcm2;
+
+typedef struct {
+    jlcm_half d;
+    uint8_t   cb[4];             // 8 entries, nibble k holds entry k + 8
+    uint8_t   qs[QK_JLCM/4];     // low 2 bits of the 3-bit indices, as in JLCM2
+    uint8_t   qh[QK_JLCM/8];     // high bit of index i: bit i/8 of qh[i%8]
+} block_jlcm3;
+
+typedef struct {
+    jlcm_half d;
+    int8_t    qs[QK8_0_JLCM];
+} block_q8_0_jlcm;               // ggml's block_q8_0, byte for byte
+
+#ifdef __cplusplus
+static_assert(sizeof(block_jlcm2) == 20, "wrong jlcm2 block size/padding");
+static_assert(sizeof(block_jlcm3) == 30, "wrong jlcm3 block size/padding");
+static_assert(sizeof(block_q8_0_jlcm) == 34, "wrong q8_0 block size/padding");
+#else
+_Static_assert(sizeof(block_jlcm2) == 20, "wrong jlcm2 block size/padding");
+_Static_assert(sizeof(block_jlcm3) == 30, "wrong jlcm3 block size/padding");
+_Static_assert(sizeof(block_q8_0_jlcm) == 34, "wrong q8_0 block size/padding");
+#endif
+
+// binary16 <-> binary32; the conversion to binary16 rounds to nearest even, as ggml's does
+float     jlcm_fp16_to_fp32(jlcm_half h);
+jlcm_half jlcm_fp32_to_fp16(float f);
+
+// Scalar reference: the semantics every other implementation must reproduce.
+// k, n: number of weights, a multiple of QK_JLCM.
+void dequantize_row_jlcm2_ref(const block_jlcm2 * x, float * y, int64_t k);
+void dequantize_row_jlcm3_ref(const block_jlcm3 * x, float * y, int64_t k);
+// ggml's quantize_row_q8_0_ref: d = amax / 127 (stored as fp16), q = roundf(x / d)
+void quantize_row_q8_0_jlcm_ref(const float * x, block_q8_0_jlcm * y, int64_t k);
+
+// Dot products with ggml's vec_dot signature (nrc == 1; bs, bx, by unused):
+// s[0] = sum over 64-weight blocks b of d_b * (d_y[2b] * isum_b,0 + d_y[2b+1] * isum_b,1),
+// isum_b,h the int32 dot of the block's int8 weights h*32..h*32+31 with the activations' int8.
+void vec_dot_jlcm2_q8_0_ref(int n, float * s, size_t bs, const void * vx, size_t bx, const void * vy, size_t by, int nrc);
+void vec_dot_jlcm3_q8_0_ref(int n, float * s, size_t bs, const void * vx, size_t bx, const void * vy, size_t by, int nrc);
+
+// SIMD versions, present when the translation unit was compiled for them
+// (AVX2 on x86; NEON on aarch64, with the dotprod extension when __ARM_FEATURE_DOTPROD).
+void vec_dot_jlcm2_q8_0_simd(int n, float * s, size_t bs, const void * vx, size_t bx, const void * vy, size_t by, int nrc);
+void vec_dot_jlcm3_q8_0_simd(int n, float * s, size_t bs, const void * vx, size_t bx, const void * vy, size_t by, int nrc);
+
+// Which SIMD path this build holds: "avx2", "neon-dotprod", "neon", or NULL (scalar only).
+const char * jlcm_simd_name(void);
+
+// The fastest compiled path (the SIMD one when present).
+void vec_dot_jlcm2_q8_0(int n, float * s, size_t bs, const void * vx, size_t bx, const void * vy, size_t by, int nrc);
+void vec_dot_jlcm3_q8_0(int n, float * s, size_t bs, const void * vx, size_t bx, const void * vy, size_t by, int nrc);
+
+#ifdef __cplusplus
+}
+#endif

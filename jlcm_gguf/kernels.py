@@ -1,0 +1,72 @@
+"""The C kernels of csrc/ (built by the package install with cffi), on numpy arrays.
+
+    dequantize(qtype, blocks)            -> float32 weights (scalar reference)
+    quantize_q8_0(x)                     -> ggml Q8_0 blocks (uint8, 34 bytes per 32 values)
+    vec_dot(qtype, blocks, q8, impl=...) -> float: one row of JLCM blocks against Q8_0 activations
+
+impl="simd" (default: the compiled SIMD path, `simd_name()`; the reference where
+there is none) or "scalar" (the reference), so tests can compare the two.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import pack
+
+try:
+    from ._kernels import ffi, lib
+except ImportError as e:  # pragma: no cover - a broken install
+    raise ImportError("jlcm_gguf's C kernels are not built: reinstall the package "
+                      "(pip install -e .) with a C compiler present") from e
+
+Q8_0_BLOCK = 32
+Q8_0_BYTES = 34
+
+_DEQUANT = {"JLCM2": lib.dequantize_row_jlcm2_ref, "JLCM3": lib.dequantize_row_jlcm3_ref}
+_DOT = {("JLCM2", "scalar"): lib.vec_dot_jlcm2_q8_0_ref, ("JLCM2", "simd"): lib.vec_dot_jlcm2_q8_0_simd,
+        ("JLCM3", "scalar"): lib.vec_dot_jlcm3_q8_0_ref, ("JLCM3", "simd"): lib.vec_dot_jlcm3_q8_0_simd}
+
+
+def simd_name() -> str | None:
+    """The SIMD path compiled into this build ("avx2", "neon-dotprod", "neon"), or None."""
+    p = lib.jlcm_simd_name()
+    return None if p == ffi.NULL else ffi.string(p).decode()
+
+
+def _blocks(qtype: pack.JLCMType, blocks) -> np.ndarray:
+    b = np.ascontiguousarray(blocks, dtype=np.uint8).reshape(-1)
+    if b.size % qtype.type_size:
+        raise ValueError(f"{qtype.name}: {b.size} bytes is not a whole number of {qtype.type_size}-byte blocks")
+    return b
+
+
+def dequantize(qtype: pack.JLCMType, blocks) -> np.ndarray:
+    b = _blocks(qtype, blocks)
+    k = b.size // qtype.type_size * pack.QK
+    out = np.empty(k, dtype=np.float32)
+    ctype = f"block_{qtype.name.lower()} *"
+    _DEQUANT[qtype.name](ffi.cast(ctype, ffi.from_buffer(b)), ffi.from_buffer("float[]", out), k)
+    return out
+
+
+def quantize_q8_0(x) -> np.ndarray:
+    x = np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
+    if x.size % Q8_0_BLOCK:
+        raise ValueError(f"Q8_0 needs a multiple of {Q8_0_BLOCK} values, got {x.size}")
+    out = np.empty(x.size // Q8_0_BLOCK * Q8_0_BYTES, dtype=np.uint8)
+    lib.quantize_row_q8_0_jlcm_ref(ffi.from_buffer("float[]", x), ffi.cast("block_q8_0_jlcm *", ffi.from_buffer(out)), x.size)
+    return out
+
+
+def vec_dot(qtype: pack.JLCMType, blocks, q8, impl: str = "simd") -> float:
+    if impl not in ("simd", "scalar"):
+        raise ValueError(f"impl must be 'simd' or 'scalar', got {impl!r}")
+    b = _blocks(qtype, blocks)
+    y = np.ascontiguousarray(q8, dtype=np.uint8).reshape(-1)
+    n = b.size // qtype.type_size * pack.QK
+    if y.size != n // Q8_0_BLOCK * Q8_0_BYTES:
+        raise ValueError(f"{n} weights need {n // Q8_0_BLOCK} Q8_0 blocks ({n // Q8_0_BLOCK * Q8_0_BYTES} bytes), "
+                         f"got {y.size} bytes")
+    s = ffi.new("float *")
+    _DOT[qtype.name, impl](n, s, 0, ffi.from_buffer(b), 0, ffi.from_buffer(y), 0, 1)
+    return float(s[0])

@@ -1,0 +1,99 @@
+"""The C kernels (csrc/, through cffi) against the numpy reference, and SIMD against scalar."""
+import platform
+
+import numpy as np
+import pytest
+
+from jlcm_gguf import kernels, pack
+
+from kernel_vectors import (ROW_LENGTHS, activations, adversarial_blocks, dot_reference, q8_0_reference,
+                            random_blocks, real_blocks)
+
+TYPES = list(pack.TYPES.values())
+ids = lambda t: t.name  # noqa: E731
+
+
+def test_the_host_simd_path_is_built():
+    flags = open("/proc/cpuinfo").read() if platform.system() == "Linux" else ""
+    if platform.machine() == "x86_64" and " avx2" in flags:
+        assert kernels.simd_name() == "avx2"
+    elif platform.machine() == "aarch64":
+        assert kernels.simd_name() in ("neon", "neon-dotprod")
+
+
+@pytest.mark.parametrize("qtype", TYPES, ids=ids)
+def test_dequantize_is_bit_exact_on_real_tensors(qtype):
+    for name, shape, blocks in real_blocks(qtype.name):
+        got = kernels.dequantize(qtype, blocks)
+        assert got.size == shape[0] * shape[1]
+        assert np.array_equal(got.view(np.uint32), pack.dequantize(qtype, blocks).view(np.uint32)), name
+
+
+@pytest.mark.parametrize("qtype", TYPES, ids=ids)
+def test_dequantize_is_bit_exact_on_random_and_adversarial_blocks(qtype):
+    rng = np.random.default_rng(2)
+    for blocks in (random_blocks(qtype, 4096, rng), adversarial_blocks(qtype, 64)):
+        got = kernels.dequantize(qtype, blocks)
+        assert np.array_equal(got.view(np.uint32), pack.dequantize(qtype, blocks).view(np.uint32))
+
+
+def test_q8_0_matches_ggml_reference():
+    rng = np.random.default_rng(3)
+    x = activations(32 * 500, rng)
+    x[:32] = 0                                    # d = 0
+    x[32:64] = np.linspace(-127, 127, 32)         # d = 1 exactly, q = x
+    x[64:96] = np.arange(32) - 15.5               # halves: roundf rounds them away from zero
+    x[95] = 127                                   # d = 1
+    x[96] = 1e30                                  # d overflows fp16 (inf), as in ggml
+    got = kernels.quantize_q8_0(x)
+    assert np.array_equal(got, q8_0_reference(x))
+    q = got.reshape(-1, 34)[2, 2:].view(np.int8)
+    assert q[0] == -16 and q[30] == 15            # -15.5 -> -16, 14.5 -> 15 (not 14: not to even)
+
+
+@pytest.mark.parametrize("impl", ["scalar", "simd"])
+@pytest.mark.parametrize("qtype", TYPES, ids=ids)
+def test_vec_dot_within_float64_bound(qtype, impl):
+    rng = np.random.default_rng(4)
+    cases = [(rows, q8_0_reference(activations(shape[1], rng)))
+             for _, shape, blocks in real_blocks(qtype.name) for rows in blocks.reshape(shape[0], -1)[:8]]
+    for n in ROW_LENGTHS:
+        cases.append((random_blocks(qtype, n // 64, rng), q8_0_reference(activations(n, rng))))
+        cases.append((adversarial_blocks(qtype, n // 64), q8_0_reference(activations(n, rng))))
+    for blocks, q8 in cases:
+        want, bound = dot_reference(qtype, blocks, q8)
+        assert abs(kernels.vec_dot(qtype, blocks, q8, impl) - want) <= bound
+
+
+def exact_case(qtype, n, rng):
+    """Blocks and activations whose float arithmetic is exact (scales +-2^e, e in [e0, e0+1]; the
+    activations' 2^e0), so scalar and SIMD must agree bit for bit and any difference is in the integers."""
+    e0 = int(rng.integers(-12, -2))
+    blocks = random_blocks(qtype, n // 64, rng)
+    d = (rng.choice([-1.0, 1.0], n // 64) * 2.0 ** (e0 + rng.integers(0, 2, n // 64))).astype(np.float16)
+    blocks[:, :2] = d.reshape(-1, 1).view(np.uint8)
+    q8 = np.empty((n // 32, 34), dtype=np.uint8)
+    q8[:, :2] = np.full((n // 32, 1), 2.0 ** e0, dtype=np.float16).view(np.uint8)
+    q8[:, 2:] = rng.integers(-127, 128, (n // 32, 32)).astype(np.int8).view(np.uint8)
+    return blocks, q8.reshape(-1)
+
+
+@pytest.mark.parametrize("qtype", TYPES, ids=ids)
+@pytest.mark.parametrize("n", ROW_LENGTHS)
+def test_simd_equals_scalar_exactly(qtype, n):
+    rng = np.random.default_rng(n)
+    for _ in range(10):
+        blocks, q8 = exact_case(qtype, n, rng)
+        want, _ = dot_reference(qtype, blocks, q8)
+        scalar = kernels.vec_dot(qtype, blocks, q8, "scalar")
+        assert scalar == want
+        assert kernels.vec_dot(qtype, blocks, q8, "simd") == scalar
+
+
+def test_bad_sizes_are_refused():
+    with pytest.raises(ValueError, match="whole number"):
+        kernels.dequantize(pack.JLCM2, np.zeros(21, dtype=np.uint8))
+    with pytest.raises(ValueError, match="Q8_0 blocks"):
+        kernels.vec_dot(pack.JLCM2, np.zeros(20, dtype=np.uint8), np.zeros(34, dtype=np.uint8))
+    with pytest.raises(ValueError, match="impl"):
+        kernels.vec_dot(pack.JLCM2, np.zeros(20, dtype=np.uint8), np.zeros(68, dtype=np.uint8), "avx512")
