@@ -118,3 +118,131 @@ void vec_dot_jlcm3_q8_0_ref(int n, float * s, size_t bs, const void * vx, size_t
     }
     *s = sum;
 }
+
+// ---------------------------------------------------------------------------------------
+// Data-free reference quantizer: what ggml's from_float / quantize_chunk call (llama-quantize,
+// copies into a JLCM tensor, upstream's tests). jlcm-gguf's learned quantizer (jlcm_gguf/) is
+// the real one; this is per-block weighted 1-D k-means with the codebook on the int4 grid.
+
+#define JLCM_KMEANS_ITERS 12
+
+// Weighted Lloyd iterations on one block; c[0..K) starts spread over the block's range.
+static void block_kmeans(const float * x, const float * w, int K, float * c) {
+    float lo = x[0], hi = x[0];
+    for (int i = 1; i < QK_JLCM; i++) { lo = fminf(lo, x[i]); hi = fmaxf(hi, x[i]); }
+    for (int k = 0; k < K; k++) c[k] = lo + (hi - lo) * (k + 0.5f) / K;
+    for (int it = 0; it < JLCM_KMEANS_ITERS; it++) {
+        float sw[8] = {0}, swx[8] = {0};
+        for (int i = 0; i < QK_JLCM; i++) {
+            int best = 0;
+            for (int k = 1; k < K; k++) if (fabsf(x[i] - c[k]) < fabsf(x[i] - c[best])) best = k;
+            sw[best] += w[i];
+            swx[best] += w[i] * x[i];
+        }
+        for (int k = 0; k < K; k++) if (sw[k] > 0) c[k] = swx[k] / sw[k];
+    }
+}
+
+static float assign(const float * x, const float * w, int K, const int8_t * q, float d, uint8_t * idx) {
+    float err = 0;
+    for (int i = 0; i < QK_JLCM; i++) {
+        int best = 0;
+        for (int k = 1; k < K; k++) if (fabsf(x[i] - d * q[k]) < fabsf(x[i] - d * q[best])) best = k;
+        idx[i] = (uint8_t)best;
+        const float e = x[i] - d * q[best];
+        err += w[i] * e * e;
+    }
+    return err;
+}
+
+// Codebook on the int4 grid: a few units (full range and shrunk, which trades a clipped
+// extreme entry for finer inner ones), each refit by least squares; the lowest error wins.
+static void quantize_block(const float * x, const float * w, int K, float * d_out, int8_t * q_out, uint8_t * idx_out) {
+    float c[8];
+    block_kmeans(x, w, K, c);
+    float cmax = 0;
+    for (int k = 0; k < K; k++) cmax = fmaxf(cmax, fabsf(c[k]));
+    *d_out = 0;
+    for (int k = 0; k < K; k++) q_out[k] = 0;
+    for (int i = 0; i < QK_JLCM; i++) idx_out[i] = 0;
+    if (cmax == 0) return;
+    static const float shrink[] = {1.0f, 0.85f, 0.7f, 0.55f};
+    float best = INFINITY;
+    for (size_t s = 0; s < sizeof(shrink) / sizeof(shrink[0]); s++) {
+        float d = cmax / 7.5f * shrink[s];
+        int8_t q[8];
+        uint8_t idx[QK_JLCM];
+        for (int k = 0; k < K; k++) q[k] = (int8_t)fmaxf(-8.0f, fminf(7.0f, roundf(c[k] / d)));
+        assign(x, w, K, q, d, idx);
+        float sxq = 0, sqq = 0;
+        for (int i = 0; i < QK_JLCM; i++) { sxq += w[i] * x[i] * q[idx[i]]; sqq += w[i] * q[idx[i]] * q[idx[i]]; }
+        if (sqq > 0) d = sxq / sqq;
+        d = jlcm_half_to_float(jlcm_fp32_to_fp16(d));      // the error of what is stored
+        const float err = assign(x, w, K, q, d, idx);
+        if (err < best) {
+            best = err;
+            *d_out = d;
+            memcpy(q_out, q, (size_t)K);
+            memcpy(idx_out, idx, QK_JLCM);
+        }
+    }
+}
+
+static void pack_block(int bits, float d, const int8_t * q, const uint8_t * idx, uint8_t * out) {
+    const int K = 1 << bits;
+    const jlcm_half h = jlcm_fp32_to_fp16(d);
+    memcpy(out, &h, 2);
+    uint8_t * cb = out + 2;
+    for (int k = 0; k < K; k += 2) cb[k / 2] = (uint8_t)((q[k] + 8) | ((q[k + 1] + 8) << 4));
+    uint8_t * qs = cb + K / 2;
+    memset(qs, 0, QK_JLCM / 4 + (bits == 3 ? QK_JLCM / 8 : 0));
+    for (int i = 0; i < QK_JLCM; i++) {
+        qs[i % 16] |= (uint8_t)((idx[i] & 3) << (2 * (i / 16)));
+        if (bits == 3) qs[16 + i % 8] |= (uint8_t)(((idx[i] >> 2) & 1) << (i / 8));
+    }
+}
+
+static void quantize_row(int bits, const float * x, void * y, int64_t k, const float * imatrix) {
+    const size_t bytes = bits == 2 ? sizeof(block_jlcm2) : sizeof(block_jlcm3);
+    for (int64_t b = 0; b < k / QK_JLCM; b++) {
+        const float * xb = x + b * QK_JLCM;
+        float w[QK_JLCM], d;
+        int8_t q[8];
+        uint8_t idx[QK_JLCM];
+        for (int i = 0; i < QK_JLCM; i++) {   // as ggml's types do: the imatrix times a floor
+            const float base = imatrix ? imatrix[b * QK_JLCM + i] : 1.0f;
+            w[i] = base * sqrtf(1e-8f + xb[i] * xb[i]) + (imatrix ? 0.0f : 1.0f);
+        }
+        quantize_block(xb, w, 1 << bits, &d, q, idx);
+        pack_block(bits, d, q, idx, (uint8_t *)y + b * bytes);
+    }
+}
+
+void quantize_row_jlcm2_ref(const float * x, block_jlcm2 * y, int64_t k) { quantize_row(2, x, y, k, NULL); }
+void quantize_row_jlcm3_ref(const float * x, block_jlcm3 * y, int64_t k) { quantize_row(3, x, y, k, NULL); }
+
+size_t quantize_jlcm2(const float * src, void * dst, int64_t nrows, int64_t n_per_row, const float * imatrix) {
+    const size_t row = (size_t)(n_per_row / QK_JLCM) * sizeof(block_jlcm2);
+    for (int64_t r = 0; r < nrows; r++) quantize_row(2, src + r * n_per_row, (char *)dst + r * row, n_per_row, imatrix);
+    return (size_t)nrows * row;
+}
+
+size_t quantize_jlcm3(const float * src, void * dst, int64_t nrows, int64_t n_per_row, const float * imatrix) {
+    const size_t row = (size_t)(n_per_row / QK_JLCM) * sizeof(block_jlcm3);
+    for (int64_t r = 0; r < nrows; r++) quantize_row(3, src + r * n_per_row, (char *)dst + r * row, n_per_row, imatrix);
+    return (size_t)nrows * row;
+}
+
+// ---------------------------------------------------------------------------------------
+// Validation (ggml_validate_row_data): every codebook nibble and index is a valid value by
+// construction, so a corrupt block shows only in its scale: NaN or Inf is refused.
+int jlcm_validate_row(int type, const void * data, size_t nbytes) {
+    const size_t bytes = type == JLCM_TYPE_JLCM2 ? sizeof(block_jlcm2) : sizeof(block_jlcm3);
+    if (nbytes % bytes != 0) return 0;
+    for (size_t b = 0; b < nbytes / bytes; b++) {
+        jlcm_half h;
+        memcpy(&h, (const uint8_t *)data + b * bytes, 2);
+        if ((h & 0x7c00) == 0x7c00) return 0;
+    }
+    return 1;
+}

@@ -8,15 +8,15 @@
 
 #define JLCM_HAVE_SIMD "avx2"
 
-// Codebook nibbles -> int8 entries, entry k in byte k.
-static inline __m128i codebook_table(const uint8_t * cb, int nbytes) {
-    uint32_t raw = 0;
-    for (int i = 0; i < nbytes; i++) raw |= (uint32_t)cb[i] << (8 * i);
-    const __m128i v  = _mm_cvtsi32_si128((int)raw);
-    const __m128i m4 = _mm_set1_epi8(0x0f);
-    const __m128i lo = _mm_and_si128(v, m4);
-    const __m128i hi = _mm_and_si128(_mm_srli_epi16(v, 4), m4);
-    return _mm_sub_epi8(_mm_unpacklo_epi8(lo, hi), _mm_set1_epi8(8));
+// Codebook nibbles -> int8 entries, entry k in byte k of both 128-bit lanes. The
+// broadcast load puts the codebook (and the 0-2 bytes after it, which no index reaches)
+// in every dword; unpacking v with v >> 4 interleaves each byte's low and high nibble.
+static inline __m256i codebook_table(const uint8_t * cb) {
+    uint32_t raw;
+    __builtin_memcpy(&raw, cb, 4);
+    const __m256i v = _mm256_set1_epi32((int)raw);
+    const __m256i n = _mm256_and_si256(_mm256_unpacklo_epi8(v, _mm256_srli_epi16(v, 4)), _mm256_set1_epi8(0x0f));
+    return _mm256_sub_epi8(n, _mm256_set1_epi8(8));
 }
 
 // 2-bit fields of qs -> one byte per weight: (weights 0..31, weights 32..63).
@@ -54,42 +54,42 @@ static inline float hsum8(__m256 v) {
     return _mm_cvtss_f32(r);
 }
 
-static inline __m256 accumulate(__m256 acc, __m256i w0, __m256i w1, float d, const block_q8_0_jlcm * y) {
+// acc[h] += d * d_y[h] * (weights . activations) for the halves h = 0, 1; one accumulator
+// per half, so consecutive blocks do not wait on each other's fma.
+static inline void accumulate(__m256 acc[2], __m256i w0, __m256i w1, float d, const block_q8_0_jlcm * y) {
     const __m256 s0 = _mm256_set1_ps(d * jlcm_half_to_float(y[0].d));
     const __m256 s1 = _mm256_set1_ps(d * jlcm_half_to_float(y[1].d));
-    acc = _mm256_fmadd_ps(s0, _mm256_cvtepi32_ps(dot32(w0, y[0].qs)), acc);
-    return _mm256_fmadd_ps(s1, _mm256_cvtepi32_ps(dot32(w1, y[1].qs)), acc);
+    acc[0] = _mm256_fmadd_ps(s0, _mm256_cvtepi32_ps(dot32(w0, y[0].qs)), acc[0]);
+    acc[1] = _mm256_fmadd_ps(s1, _mm256_cvtepi32_ps(dot32(w1, y[1].qs)), acc[1]);
 }
 
 void vec_dot_jlcm2_q8_0_simd(int n, float * s, size_t bs, const void * vx, size_t bx, const void * vy, size_t by, int nrc) {
     (void)bs; (void)bx; (void)by; (void)nrc;
     const block_jlcm2 * x = (const block_jlcm2 *)vx;
     const block_q8_0_jlcm * y = (const block_q8_0_jlcm *)vy;
-    __m256 acc = _mm256_setzero_ps();
+    __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
     for (int b = 0; b < n / QK_JLCM; b++) {
-        const __m256i t = _mm256_broadcastsi128_si256(codebook_table(x[b].cb, 2));
+        const __m256i t = codebook_table(x[b].cb);
         __m256i i0, i1;
         low_indices(x[b].qs, &i0, &i1);
-        acc = accumulate(acc, _mm256_shuffle_epi8(t, i0), _mm256_shuffle_epi8(t, i1),
-                         jlcm_half_to_float(x[b].d), &y[2 * b]);
+        accumulate(acc, _mm256_shuffle_epi8(t, i0), _mm256_shuffle_epi8(t, i1), jlcm_half_to_float(x[b].d), &y[2 * b]);
     }
-    *s = hsum8(acc);
+    *s = hsum8(_mm256_add_ps(acc[0], acc[1]));
 }
 
 void vec_dot_jlcm3_q8_0_simd(int n, float * s, size_t bs, const void * vx, size_t bx, const void * vy, size_t by, int nrc) {
     (void)bs; (void)bx; (void)by; (void)nrc;
     const block_jlcm3 * x = (const block_jlcm3 *)vx;
     const block_q8_0_jlcm * y = (const block_q8_0_jlcm *)vy;
-    __m256 acc = _mm256_setzero_ps();
+    __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
     for (int b = 0; b < n / QK_JLCM; b++) {
-        const __m256i t = _mm256_broadcastsi128_si256(codebook_table(x[b].cb, 4));
+        const __m256i t = codebook_table(x[b].cb);
         __m256i i0, i1;
         low_indices(x[b].qs, &i0, &i1);
         high_indices(x[b].qh, &i0, &i1);
-        acc = accumulate(acc, _mm256_shuffle_epi8(t, i0), _mm256_shuffle_epi8(t, i1),
-                         jlcm_half_to_float(x[b].d), &y[2 * b]);
+        accumulate(acc, _mm256_shuffle_epi8(t, i0), _mm256_shuffle_epi8(t, i1), jlcm_half_to_float(x[b].d), &y[2 * b]);
     }
-    *s = hsum8(acc);
+    *s = hsum8(_mm256_add_ps(acc[0], acc[1]));
 }
 
 const char * jlcm_simd_name(void) { return JLCM_HAVE_SIMD; }

@@ -59,6 +59,16 @@ void dequantize_row_jlcm3_ref(const block_jlcm3 * x, float * y, int64_t k);
 // ggml's quantize_row_q8_0_ref: d = amax / 127 (stored as fp16), q = roundf(x / d)
 void quantize_row_q8_0_jlcm_ref(const float * x, block_q8_0_jlcm * y, int64_t k);
 
+// Data-free reference quantizer (per-block weighted 1-D k-means, codebook on the int4 grid),
+// for ggml's from_float and quantize_chunk; imatrix may be NULL. Returns bytes written.
+void   quantize_row_jlcm2_ref(const float * x, block_jlcm2 * y, int64_t k);
+void   quantize_row_jlcm3_ref(const float * x, block_jlcm3 * y, int64_t k);
+size_t quantize_jlcm2(const float * src, void * dst, int64_t nrows, int64_t n_per_row, const float * imatrix);
+size_t quantize_jlcm3(const float * src, void * dst, int64_t nrows, int64_t n_per_row, const float * imatrix);
+
+// 1 when every block's scale is finite (nbytes a whole number of blocks), else 0.
+int jlcm_validate_row(int type, const void * data, size_t nbytes);
+
 // Dot products with ggml's vec_dot signature (nrc == 1; bs, bx, by unused):
 // s[0] = sum over 64-weight blocks b of d_b * (d_y[2b] * isum_b,0 + d_y[2b+1] * isum_b,1),
 // isum_b,h the int32 dot of the block's int8 weights h*32..h*32+31 with the activations' int8.
