@@ -28,6 +28,11 @@ SDIST_PREFIX = "llama_cpp_python-0.3.36/vendor/llama.cpp/"
 LLAMA_CPP_COMMIT = "0c1e57098bba"
 
 PATCH_DIR = Path(__file__).resolve().parent.parent / "patches"
+# The kernels: csrc/ is their one source. Applying the patches copies these files into the
+# tree as ggml/src/jlcm/, where the patched CMake files compile them into ggml.
+CSRC_DIR = Path(__file__).resolve().parent.parent / "csrc"
+CSRC_FILES = ("jlcm.h", "jlcm-impl.h", "jlcm-ref.c", "jlcm-x86.c", "jlcm-arm.c", "jlcm.c")
+TREE_KERNEL_DIR = Path("ggml") / "src" / "jlcm"
 
 TARGETS = (
     "llama-cli", "llama-completion", "llama-server", "llama-perplexity", "llama-imatrix",
@@ -91,18 +96,25 @@ class Build:
         return [exe]
 
 
-def patch_series() -> list[Path]:
+def patch_series(patched: bool = True) -> list[Path]:
+    """The patches, in order; none for the stock build (patched=False)."""
     series = PATCH_DIR / "series"
+    if not patched:
+        return []
     if not series.exists():
         return []
     names = [ln.strip() for ln in series.read_text().splitlines()]
     return [PATCH_DIR / n for n in names if n and not n.startswith("#")]
 
 
-def patch_hash() -> str:
+def patch_hash(patched: bool = True) -> str:
+    """Hash of the patch series and of the kernel files it compiles (both shape the build)."""
     h = hashlib.sha256()
-    for p in patch_series():
+    for p in patch_series(patched):
         h.update(p.name.encode() + b"\0" + p.read_bytes() + b"\0")
+    if patch_series(patched):
+        for name in CSRC_FILES:
+            h.update(name.encode() + b"\0" + (CSRC_DIR / name).read_bytes() + b"\0")
     return h.hexdigest()[:12]
 
 
@@ -116,9 +128,9 @@ def build_options(arch: str) -> tuple[str, ...]:
     raise BuildError(f"unknown --arch {arch!r}; choose one of {', '.join(ARCHES)}")
 
 
-def build_key(arch: str) -> str:
-    opts = hashlib.sha256("\n".join(build_options(arch) + TARGETS).encode()).hexdigest()[:8]
-    return f"{SDIST_SHA256[:12]}-p{patch_hash()}-{arch}-{opts}"
+def build_key(arch: str, patched: bool = True, targets: tuple[str, ...] = TARGETS) -> str:
+    opts = hashlib.sha256("\n".join(build_options(arch) + targets).encode()).hexdigest()[:8]
+    return f"{SDIST_SHA256[:12]}-p{patch_hash(patched)}-{arch}-{opts}"
 
 
 def fetch_sdist() -> Path:
@@ -139,8 +151,13 @@ def _extract(sdist: Path, dest: Path) -> None:
         tar.extractall(dest, members=members, filter="data")
 
 
-def _apply_patches(tree: Path) -> None:
-    for patch in patch_series():
+def _apply_patches(tree: Path, patched: bool = True) -> None:
+    if patch_series(patched):
+        dest = tree / TREE_KERNEL_DIR
+        dest.mkdir(parents=True, exist_ok=True)
+        for name in CSRC_FILES:
+            shutil.copyfile(CSRC_DIR / name, dest / name)
+    for patch in patch_series(patched):
         if not patch.exists():
             raise BuildError(f"patches/series names {patch.name}, which does not exist")
         # git apply never fuzzes: a patch whose context has drifted is refused, not bent to fit.
@@ -151,10 +168,10 @@ def _apply_patches(tree: Path) -> None:
                 raise BuildError(f"patch {patch.name} does not apply to llama.cpp {LLAMA_CPP_COMMIT}:\n{r.stderr}")
 
 
-def source_tree() -> Path:
+def source_tree(patched: bool = True) -> Path:
     """The pristine sdist tree with the patch series applied; extracted once per patch set."""
     root = cache.cache_dir() / "llama.cpp"
-    dest = root / f"src-{SDIST_SHA256[:12]}-p{patch_hash()}"
+    dest = root / f"src-{SDIST_SHA256[:12]}-p{patch_hash(patched)}"
     with cache.locked(dest.name):
         if (dest / ".jlcm-complete").exists():
             return dest
@@ -164,8 +181,8 @@ def source_tree() -> Path:
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
         _extract(sdist, tmp)
-        _apply_patches(tmp)
-        (tmp / ".jlcm-complete").write_text(json.dumps({"patches": [p.name for p in patch_series()]}))
+        _apply_patches(tmp, patched)
+        (tmp / ".jlcm-complete").write_text(json.dumps({"patches": [p.name for p in patch_series(patched)]}))
         cache.commit_dir(tmp, dest)
     return dest
 
@@ -184,16 +201,18 @@ def check_cross_toolchain() -> None:
                      f"install the Debian packages {' '.join(AARCH64_PACKAGES)}")
 
 
-def build(arch: str = "native", quiet: bool = False) -> Build:
-    """Build (or find in the cache) the tools for arch and return where they are."""
+def build(arch: str = "native", quiet: bool = False, patched: bool = True,
+          targets: tuple[str, ...] = TARGETS) -> Build:
+    """Build (or find in the cache) the tools for arch and return where they are.
+    patched=False builds stock llama.cpp (the refusal test needs one)."""
     options = build_options(arch)
     for tool in ("cmake", "git", "c++" if arch == "native" else "true"):
         if not shutil.which(tool):
             raise BuildError(f"building llama.cpp needs {tool} on PATH")
     if arch == "aarch64":
         check_cross_toolchain()
-    src = source_tree()
-    build_dir = cache.cache_dir() / "llama.cpp" / f"build-{build_key(arch)}"
+    src = source_tree(patched)
+    build_dir = cache.cache_dir() / "llama.cpp" / f"build-{build_key(arch, patched, targets)}"
     result = Build(arch, src, build_dir / "bin")
     stamp = build_dir / ".jlcm-complete"
     with cache.locked(build_dir.name):
@@ -203,21 +222,21 @@ def build(arch: str = "native", quiet: bool = False) -> Build:
         jobs = str(os.cpu_count() or 2)
         steps = [
             ["cmake", "-S", str(src), "-B", str(build_dir), "-G", "Ninja" if shutil.which("ninja") else "Unix Makefiles", *options],
-            ["cmake", "--build", str(build_dir), "-j", jobs, "--target", *TARGETS],
+            ["cmake", "--build", str(build_dir), "-j", jobs, "--target", *targets],
         ]
         for step in steps:
             r = subprocess.run(step, stdout=out, stderr=subprocess.STDOUT if quiet else None)
             if r.returncode != 0:
                 raise BuildError(f"llama.cpp build step failed ({r.returncode}): {' '.join(step)}")
-        for t in TARGETS:
+        for t in targets:
             result.tool(t)
-        stamp.write_text(json.dumps({"arch": arch, "options": options, "targets": TARGETS,
-                                     "patches": [p.name for p in patch_series()]}, indent=1))
+        stamp.write_text(json.dumps({"arch": arch, "options": options, "targets": targets,
+                                     "patches": [p.name for p in patch_series(patched)]}, indent=1))
     return result
 
 
 def find_build(arch: str = "native") -> Build | None:
-    """The cached build for the current sources and patches, if there is one; never builds."""
+    """The cached (patched) build for the current sources and patches, if there is one; never builds."""
     build_dir = cache.cache_dir() / "llama.cpp" / f"build-{build_key(arch)}"
     if not (build_dir / ".jlcm-complete").exists():
         return None

@@ -12,29 +12,14 @@ import time
 import numpy as np
 import pytest
 
-from conftest import run_cli
+from conftest import QUICK, convert, run_cli
 from jlcm_gguf import assets, gguf_write, pack
 from jlcm_gguf.gguf_io import open_reader
-
-# quick settings: the learning is covered by test_learn.py; here the file is what is tested
-QUICK = ("--outer-steps", "0", "--distill-epochs", "1", "--calib-tokens", "512", "--calib-len", "256")
-
-
-def convert(model, out, *extra, **kw):
-    return run_cli("convert", model, "-o", out, *QUICK, "--quiet", *extra, **kw)
 
 
 @pytest.fixture(scope="module")
 def hf():
     return assets.hf_model_dir()
-
-
-@pytest.fixture(scope="module")
-def converted(hf, tmp_path_factory):
-    out = tmp_path_factory.mktemp("convert") / "smollm2-jlcm2.gguf"
-    r = convert(hf, out, "--tensor-type", "ffn_down=JLCM3")
-    assert r.returncode == 0, r.stderr
-    return out
 
 
 def leftovers(directory, keep=()):
