@@ -56,6 +56,7 @@ def variants():
                                 Settings(update="ste"), none),
             "JLCM2 1 group": ("d/e: one group (a codebook per block column of the tensor), no distillation", J2, J2,
                               Settings(n_groups=1), none),
+            "JLCM2 4 groups": ("e: 4 groups, no distillation", J2, J2, Settings(n_groups=4), none),
         },
     }
 

@@ -1,7 +1,11 @@
 #!/usr/bin/env python3
 """The stock scoreboard: llama.cpp's own types on the default model, measured by the real tools.
 
-    python bench/scoreboard.py [--types F16,Q4_0,...] [--chunks 60] [--ctx 512]
+    python bench/scoreboard.py [--types F16,Q4_0,...] [--jlcm JLCM2,JLCM3] [--chunks 60] [--ctx 512]
+
+--jlcm converts the model with `jlcm-gguf convert` (default settings) for each
+named row and measures those files in the same run as the stock types, so the
+speeds (one llama-bench run for all files) compare side by side.
 
 Writes bench/results/scoreboard.json (rows merged by name, so JLCM rows stay),
 bench/results/scoreboard.png (KLD against bits per weight, log scale) and
@@ -39,6 +43,8 @@ def main() -> int:
     p.add_argument("--types", default=",".join(scoreboard.STOCK_TYPES), help="comma-separated llama-quantize types")
     p.add_argument("--ctx", type=int, default=512)
     p.add_argument("--chunks", type=int, default=60)
+    p.add_argument("--jlcm", default="", help="comma-separated JLCM rows to convert and measure: "
+                   + ",".join(scoreboard.JLCM_ROWS))
     p.add_argument("--imatrix-chunks", type=int, default=100)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--model", type=Path, help="an F16/BF16/F32 GGUF or an HF directory (default: SmolLM2-135M-Instruct)")
@@ -66,6 +72,9 @@ def main() -> int:
     runner = scoreboard.Runner(build)
     entries = scoreboard.stock_entries(runner, f16, calib, work, args.types.split(","),
                                        imatrix_chunks=args.imatrix_chunks, threads=args.threads)
+    jlcm = [n for n in args.jlcm.split(",") if n]
+    if jlcm:
+        entries += scoreboard.jlcm_entries(runner, args.model or assets.hf_model_dir(), work, jlcm)
     rows = scoreboard.measure(runner, entries, f16, ev, work)
     header = {
         "model": assets.MODEL_NAME if args.model is None else f16.stem,

@@ -6,6 +6,7 @@ GGUF paths and a built llama.cpp. Every figure comes from the real tools
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -212,6 +213,37 @@ def stock_entries(runner: Runner, f16: Path, calib_text: Path, work: Path, types
     for t in types:
         path = f16 if t == "F16" else quantize(runner, f16, work / f"{f16.stem}-{t}.gguf", t, imat, threads)
         entries.append(Entry(t, "stock", path, {"nominal": t}))
+    return entries
+
+
+# JLCM rows: `jlcm-gguf convert` with its default settings and these flags
+JLCM_ROWS = {"JLCM2": ("--type", "jlcm2"), "JLCM3": ("--type", "jlcm3")}
+
+
+def source_digest() -> str:
+    """Hash of the quantizer's source: a cached conversion is reused only by the code that made it."""
+    h = hashlib.sha256()
+    for f in sorted(Path(__file__).resolve().parent.glob("*.py")):
+        h.update(f.name.encode() + f.read_bytes())
+    return h.hexdigest()[:10]
+
+
+def jlcm_entries(runner: Runner, model: Path, work: Path, names) -> list[Entry]:
+    """Convert the default model (or `model`) for each named JLCM row; conversions are cached in work."""
+    entries = []
+    for name in names:
+        if name not in JLCM_ROWS:
+            raise ValueError(f"unknown JLCM row {name!r}; choose from {', '.join(JLCM_ROWS)}")
+        out = work / f"{model.name}-{name}-{source_digest()}.gguf"
+        cmd = [sys.executable, "-m", "jlcm_gguf.cli", "convert", str(model), "-o", str(out), *JLCM_ROWS[name], "--quiet"]
+        runner.commands.append(shlex.join(["jlcm-gguf", *cmd[3:]]))
+        if not out.exists():
+            t0 = time.time()
+            r = subprocess.run(cmd, capture_output=True, text=True)
+            if r.returncode != 0:
+                raise RuntimeError(f"jlcm-gguf convert failed:\n{r.stderr[-2000:]}")
+            print(f"  converted {name} in {time.time() - t0:.0f}s", file=runner.log, flush=True)
+        entries.append(Entry(name, "jlcm", out, {"nominal": name}))
     return entries
 
 
