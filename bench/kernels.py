@@ -33,7 +33,7 @@ from jlcm_gguf import cache, llama_cpp, scoreboard  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 CSRC = ROOT / "csrc"
-KERNEL_SOURCES = ["jlcm-ref.c", "jlcm-x86.c", "jlcm-arm.c", "jlcm.c"]
+KERNEL_SOURCES = [f for f in llama_cpp.CSRC_FILES if f.endswith(".c")]
 X86_FLAGS = ["-O3", "-DNDEBUG", "-msse4.2", "-mf16c", "-mfma", "-mbmi2", "-mavx", "-mavx2"]   # ggml's, for this build
 ARM_CC = "aarch64-linux-gnu-gcc"
 ARM_FLAGS = ["-O3", "-DNDEBUG", "-march=armv8.2-a+dotprod"]
@@ -68,7 +68,7 @@ def x86_rows(work: Path, commands: list) -> list[dict]:
     run(cmd)
     commands += [shlex.join(cmd), str(exe)]
     out = json.loads(run([str(exe)]).stdout)
-    return [{"type": k["type"].upper() if not k["type"].startswith("JLCM") else k["type"], "target": "x86-avx2",
+    return [{"type": k["type"].upper(), "target": "x86-avx2",
              "cost_per_256": k["ns_per_256"], "p10": k["ns_per_256_p10"], "p90": k["ns_per_256_p90"], "unit": "ns"}
             for k in out["kernels"]]
 

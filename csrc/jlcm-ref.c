@@ -73,50 +73,47 @@ void quantize_row_q8_0_jlcm_ref(const float * x, block_q8_0_jlcm * y, int64_t k)
 }
 
 // The int8 weights of one block, in order: what every SIMD path builds with its table lookup.
-static void jlcm2_weights(const block_jlcm2 * b, int8_t w[QK_JLCM]) {
+static void jlcm2_weights(const void * block, int8_t w[QK_JLCM]) {
+    const block_jlcm2 * b = (const block_jlcm2 *)block;
     for (int i = 0; i < QK_JLCM; i++) w[i] = (int8_t)codebook_entry(b->cb, jlcm2_index(b, i));
 }
 
-static void jlcm3_weights(const block_jlcm3 * b, int8_t w[QK_JLCM]) {
+static void jlcm3_weights(const void * block, int8_t w[QK_JLCM]) {
+    const block_jlcm3 * b = (const block_jlcm3 *)block;
     for (int i = 0; i < QK_JLCM; i++) w[i] = (int8_t)codebook_entry(b->cb, jlcm3_index(b, i));
 }
 
-static float block_dot(const int8_t w[QK_JLCM], float d, const block_q8_0_jlcm * y) {
+// sum over blocks b of d_b * (d_y[2b] * isum_b,0 + d_y[2b+1] * isum_b,1); every block starts with its d
+static float row_dot(int n, const uint8_t * x, size_t block_bytes, void (*weights)(const void *, int8_t *),
+                     const block_q8_0_jlcm * y) {
+    int8_t w[QK_JLCM];
     float sum = 0.0f;
-    for (int h = 0; h < 2; h++) {
-        int32_t isum = 0;
-        for (int j = 0; j < QK8_0_JLCM; j++) {
-            isum += (int32_t)w[h * QK8_0_JLCM + j] * (int32_t)y[h].qs[j];
+    for (int b = 0; b < n / QK_JLCM; b++) {
+        const uint8_t * blk = x + (size_t)b * block_bytes;
+        jlcm_half d;
+        memcpy(&d, blk, 2);
+        weights(blk, w);
+        float half_sums = 0.0f;
+        for (int h = 0; h < 2; h++) {
+            int32_t isum = 0;
+            for (int j = 0; j < QK8_0_JLCM; j++) {
+                isum += (int32_t)w[h * QK8_0_JLCM + j] * (int32_t)y[2 * b + h].qs[j];
+            }
+            half_sums += jlcm_half_to_float(y[2 * b + h].d) * (float)isum;
         }
-        sum += jlcm_half_to_float(y[h].d) * (float)isum;
+        sum += jlcm_half_to_float(d) * half_sums;
     }
-    return d * sum;
+    return sum;
 }
 
 void vec_dot_jlcm2_q8_0_ref(int n, float * s, size_t bs, const void * vx, size_t bx, const void * vy, size_t by, int nrc) {
     (void)bs; (void)bx; (void)by; (void)nrc;
-    const block_jlcm2 * x = (const block_jlcm2 *)vx;
-    const block_q8_0_jlcm * y = (const block_q8_0_jlcm *)vy;
-    int8_t w[QK_JLCM];
-    float sum = 0.0f;
-    for (int b = 0; b < n / QK_JLCM; b++) {
-        jlcm2_weights(&x[b], w);
-        sum += block_dot(w, jlcm_half_to_float(x[b].d), &y[2 * b]);
-    }
-    *s = sum;
+    *s = row_dot(n, (const uint8_t *)vx, sizeof(block_jlcm2), jlcm2_weights, (const block_q8_0_jlcm *)vy);
 }
 
 void vec_dot_jlcm3_q8_0_ref(int n, float * s, size_t bs, const void * vx, size_t bx, const void * vy, size_t by, int nrc) {
     (void)bs; (void)bx; (void)by; (void)nrc;
-    const block_jlcm3 * x = (const block_jlcm3 *)vx;
-    const block_q8_0_jlcm * y = (const block_q8_0_jlcm *)vy;
-    int8_t w[QK_JLCM];
-    float sum = 0.0f;
-    for (int b = 0; b < n / QK_JLCM; b++) {
-        jlcm3_weights(&x[b], w);
-        sum += block_dot(w, jlcm_half_to_float(x[b].d), &y[2 * b]);
-    }
-    *s = sum;
+    *s = row_dot(n, (const uint8_t *)vx, sizeof(block_jlcm3), jlcm3_weights, (const block_q8_0_jlcm *)vy);
 }
 
 // ---------------------------------------------------------------------------------------

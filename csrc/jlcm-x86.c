@@ -63,17 +63,22 @@ static inline void accumulate(__m256 acc[2], __m256i w0, __m256i w1, float d, co
     acc[1] = _mm256_fmadd_ps(s1, _mm256_cvtepi32_ps(dot32(w1, y[1].qs)), acc[1]);
 }
 
+// One block into acc: qh is NULL for JLCM2 (inlined with a constant, so the branch folds away).
+static inline void block_into(__m256 acc[2], const uint8_t * cb, const uint8_t * qs, const uint8_t * qh,
+                              jlcm_half d, const block_q8_0_jlcm * y) {
+    const __m256i t = codebook_table(cb);
+    __m256i i0, i1;
+    low_indices(qs, &i0, &i1);
+    if (qh) high_indices(qh, &i0, &i1);
+    accumulate(acc, _mm256_shuffle_epi8(t, i0), _mm256_shuffle_epi8(t, i1), jlcm_half_to_float(d), y);
+}
+
 void vec_dot_jlcm2_q8_0_simd(int n, float * s, size_t bs, const void * vx, size_t bx, const void * vy, size_t by, int nrc) {
     (void)bs; (void)bx; (void)by; (void)nrc;
     const block_jlcm2 * x = (const block_jlcm2 *)vx;
     const block_q8_0_jlcm * y = (const block_q8_0_jlcm *)vy;
     __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
-    for (int b = 0; b < n / QK_JLCM; b++) {
-        const __m256i t = codebook_table(x[b].cb);
-        __m256i i0, i1;
-        low_indices(x[b].qs, &i0, &i1);
-        accumulate(acc, _mm256_shuffle_epi8(t, i0), _mm256_shuffle_epi8(t, i1), jlcm_half_to_float(x[b].d), &y[2 * b]);
-    }
+    for (int b = 0; b < n / QK_JLCM; b++) block_into(acc, x[b].cb, x[b].qs, NULL, x[b].d, &y[2 * b]);
     *s = hsum8(_mm256_add_ps(acc[0], acc[1]));
 }
 
@@ -82,13 +87,7 @@ void vec_dot_jlcm3_q8_0_simd(int n, float * s, size_t bs, const void * vx, size_
     const block_jlcm3 * x = (const block_jlcm3 *)vx;
     const block_q8_0_jlcm * y = (const block_q8_0_jlcm *)vy;
     __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
-    for (int b = 0; b < n / QK_JLCM; b++) {
-        const __m256i t = codebook_table(x[b].cb);
-        __m256i i0, i1;
-        low_indices(x[b].qs, &i0, &i1);
-        high_indices(x[b].qh, &i0, &i1);
-        accumulate(acc, _mm256_shuffle_epi8(t, i0), _mm256_shuffle_epi8(t, i1), jlcm_half_to_float(x[b].d), &y[2 * b]);
-    }
+    for (int b = 0; b < n / QK_JLCM; b++) block_into(acc, x[b].cb, x[b].qs, x[b].qh, x[b].d, &y[2 * b]);
     *s = hsum8(_mm256_add_ps(acc[0], acc[1]));
 }
 

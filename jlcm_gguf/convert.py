@@ -310,17 +310,27 @@ def summary_table(rows: list[Row], file_bytes: int) -> str:
     return "\n".join(lines)
 
 
+def _dequantize(t) -> np.ndarray:
+    import gguf
+    shape = tuple(int(x) for x in reversed(t.shape.tolist()))
+    if t.tensor_type.name in pack.TYPES:
+        return pack.dequantize(pack.TYPES[t.tensor_type.name], np.asarray(t.data)).reshape(shape)
+    return gguf.quants.dequantize(np.asarray(t.data), t.tensor_type).reshape(shape).astype(np.float32)
+
+
 def dequantize_tensor(path: Path, name: str) -> np.ndarray:
     """A tensor of a GGUF as float32 (rows, cols): JLCM through the numpy reference, stock types through gguf-py."""
-    import gguf
     from .gguf_io import open_reader
     for t in open_reader(path).tensors:
         if t.name == name:
-            shape = tuple(int(x) for x in reversed(t.shape.tolist()))
-            if t.tensor_type.name in pack.TYPES:
-                return pack.dequantize(pack.TYPES[t.tensor_type.name], np.asarray(t.data)).reshape(shape)
-            return gguf.quants.dequantize(np.asarray(t.data), t.tensor_type).reshape(shape).astype(np.float32)
+            return _dequantize(t)
     raise KeyError(f"{path}: no tensor {name}")
+
+
+def dequantize_all(path: Path) -> dict[str, np.ndarray]:
+    """Every tensor of a GGUF as float32, by name, from one read of the file."""
+    from .gguf_io import open_reader
+    return {t.name: _dequantize(t) for t in open_reader(path).tensors}
 
 
 def codebook_stats(path: Path) -> dict[str, dict]:

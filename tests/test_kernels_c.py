@@ -11,7 +11,7 @@ from conftest import ROOT
 from kernel_vectors import vector_records, write_vectors
 
 CSRC = ROOT / "csrc"
-SOURCES = ["test-jlcm.c", "jlcm-ref.c", "jlcm-x86.c", "jlcm-arm.c", "jlcm.c"]
+SOURCES = ["test-jlcm.c", *(f for f in llama_cpp.CSRC_FILES if f.endswith(".c"))]
 WARN = ["-std=c11", "-Wall", "-Wextra", "-Werror"]
 
 BUILDS = {

@@ -84,7 +84,7 @@ def test_perplexity_agrees_with_torch(build, converted, novels, tmp_path):
     from jlcm_gguf import assets, evaluate
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from jlcm_gguf.convert import dequantize_tensor
+    from jlcm_gguf.convert import dequantize_all
     from jlcm_gguf.gguf_write import gguf_name, qk_row_order
 
     ctx, chunks = 512, 4
@@ -97,10 +97,11 @@ def test_perplexity_agrees_with_torch(build, converted, novels, tmp_path):
     model = AutoModelForCausalLM.from_pretrained(hf, dtype=torch.float32)
     heads = {"attn_q": model.config.num_attention_heads, "attn_k": model.config.num_key_value_heads}
     sd = model.state_dict()
+    tensors = dequantize_all(converted)
     for name in sd:
         if name == "lm_head.weight":
             continue                                  # tied to the embeddings
-        w = dequantize_tensor(converted, gguf_name(name))
+        w = tensors[gguf_name(name)]
         kind = gguf_name(name).split(".")[2] if name.startswith("model.layers.") else ""
         if kind in heads:                             # undo the converter's q/k row order
             w = w[np.argsort(qk_row_order(w.shape[0], heads[kind]))]
