@@ -206,9 +206,15 @@ static void quantize_row(int bits, const float * x, void * y, int64_t k, const f
         float w[QK_JLCM], d;
         int8_t q[8];
         uint8_t idx[QK_JLCM];
-        for (int i = 0; i < QK_JLCM; i++) {   // as ggml's types do: the imatrix times a floor
-            const float base = imatrix ? imatrix[b * QK_JLCM + i] : 1.0f;
-            w[i] = base * sqrtf(1e-8f + xb[i] * xb[i]) + (imatrix ? 0.0f : 1.0f);
+        // With an imatrix, as ggml's types weight it: importance times sqrt(sigma2 + x^2), sigma2 the
+        // block's mean square, so small weights keep a floor instead of counting for nothing.
+        // Without one, near-uniform weights (plain squared error) with a nudge toward large weights.
+        float sigma2 = 0;
+        for (int i = 0; i < QK_JLCM; i++) sigma2 += xb[i] * xb[i];
+        sigma2 /= QK_JLCM;
+        for (int i = 0; i < QK_JLCM; i++) {
+            w[i] = imatrix ? imatrix[b * QK_JLCM + i] * sqrtf(sigma2 + xb[i] * xb[i])
+                           : sqrtf(1e-8f + xb[i] * xb[i]) + 1.0f;
         }
         quantize_block(xb, w, 1 << bits, &d, q, idx);
         pack_block(bits, d, q, idx, (uint8_t *)y + b * bytes);

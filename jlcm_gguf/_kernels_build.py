@@ -28,6 +28,8 @@ jlcm_half jlcm_fp32_to_fp16(float f);
 void dequantize_row_jlcm2_ref(const block_jlcm2 * x, float * y, int64_t k);
 void dequantize_row_jlcm3_ref(const block_jlcm3 * x, float * y, int64_t k);
 void quantize_row_q8_0_jlcm_ref(const float * x, block_q8_0_jlcm * y, int64_t k);
+size_t quantize_jlcm2(const float * src, void * dst, int64_t nrows, int64_t n_per_row, const float * imatrix);
+size_t quantize_jlcm3(const float * src, void * dst, int64_t nrows, int64_t n_per_row, const float * imatrix);
 void vec_dot_jlcm2_q8_0_ref(int n, float * s, size_t bs, const void * vx, size_t bx, const void * vy, size_t by, int nrc);
 void vec_dot_jlcm3_q8_0_ref(int n, float * s, size_t bs, const void * vx, size_t bx, const void * vy, size_t by, int nrc);
 void vec_dot_jlcm2_q8_0_simd(int n, float * s, size_t bs, const void * vx, size_t bx, const void * vy, size_t by, int nrc);

@@ -162,8 +162,8 @@ def convert(model: Path, out: Path, opts: Options) -> tuple[list[Row], list[str]
         raise ConvertError(f"{out.parent}: output directory does not exist (-o)")
     try:
         opts.qtype = policy.check_type(opts.qtype, "--type")
-        opts.token_embedding_type = policy.check_type(opts.token_embedding_type, "--token-embedding-type", False)
-        opts.output_tensor_type = policy.check_type(opts.output_tensor_type, "--output-tensor-type", False)
+        opts.token_embedding_type = policy.check_type(opts.token_embedding_type, "--token-embedding-type")
+        opts.output_tensor_type = policy.check_type(opts.output_tensor_type, "--output-tensor-type")
         opts.tensor_types = [(p, policy.check_type(t, "--tensor-type")) for p, t in opts.tensor_types]
     except policy.PolicyError as e:
         raise ConvertError(str(e)) from e
@@ -178,6 +178,10 @@ def convert(model: Path, out: Path, opts: Options) -> tuple[list[Row], list[str]
     hf_dir = resolve_model(model, opts.quiet)
     config = check_model(hf_dir)
     arch = SUPPORTED_ARCHITECTURES[config["architectures"][0]]
+    for flag, t in (("--token-embedding-type", opts.token_embedding_type), ("--output-tensor-type", opts.output_tensor_type)):
+        if t in pack.TYPES and config["hidden_size"] % pack.QK:
+            raise ConvertError(f"{flag} {t}: the model's rows are {config['hidden_size']} wide, not a multiple of "
+                               f"{pack.QK}; choose a stock type such as Q8_0")
     tok = AutoTokenizer.from_pretrained(hf_dir)
     text = calibration_text(opts, tok)
     reference = reference_gguf(hf_dir, opts.quiet)
@@ -204,9 +208,9 @@ def convert(model: Path, out: Path, opts: Options) -> tuple[list[Row], list[str]
     for hf, value in q.norms.items():
         replace[gguf_write.gguf_name(hf)] = gguf_write.stock_tensor("F32", value.cpu().numpy())
     embed = store.get("model.embed_tokens.weight").float().numpy()
-    replace["token_embd.weight"] = gguf_write.stock_tensor(opts.token_embedding_type, embed)
+    replace["token_embd.weight"] = gguf_write.data_free_tensor(opts.token_embedding_type, embed)
     if store.has("lm_head.weight") and not config.get("tie_word_embeddings", False):
-        replace["output.weight"] = gguf_write.stock_tensor(opts.output_tensor_type,
+        replace["output.weight"] = gguf_write.data_free_tensor(opts.output_tensor_type,
                                                            store.get("lm_head.weight").float().numpy())
     metadata = {
         "jlcm.format_version": gguf_write.FORMAT_VERSION,

@@ -67,6 +67,17 @@ def jlcm_tensor(qtype: pack.JLCMType, blocks: np.ndarray, rows: int, cols: int,
     return Tensor(qtype.type_id, np.ascontiguousarray(b), (rows, cols))
 
 
+def data_free_tensor(type_name: str, values: np.ndarray) -> Tensor:
+    """A tensor the learning does not see (embeddings, output head) in any type we can write: a stock
+    type through gguf-py, a JLCM type through the C library's data-free reference quantizer."""
+    if type_name in pack.TYPES:
+        from . import kernels
+        qtype = pack.TYPES[type_name]
+        values = np.asarray(values, dtype=np.float32)
+        return jlcm_tensor(qtype, kernels.quantize(qtype, values), *values.shape)
+    return stock_tensor(type_name, values)
+
+
 def stock_tensor(type_name: str, values: np.ndarray) -> Tensor:
     """A float tensor quantized with gguf-py to a stock type it can write (F32, F16, BF16, Q8_0, Q5_x, Q4_x)."""
     import gguf

@@ -2,6 +2,8 @@
 
     dequantize(qtype, blocks)            -> float32 weights (scalar reference)
     quantize_q8_0(x)                     -> ggml Q8_0 blocks (uint8, 34 bytes per 32 values)
+    quantize(qtype, x, imatrix=None)     -> JLCM blocks by the data-free reference quantizer
+                                            (what llama.cpp's from_float / llama-quantize use)
     vec_dot(qtype, blocks, q8, impl=...) -> float: one row of JLCM blocks against Q8_0 activations
 
 impl="simd" (default: the compiled SIMD path, `simd_name()`; the reference where
@@ -55,6 +57,27 @@ def quantize_q8_0(x) -> np.ndarray:
         raise ValueError(f"Q8_0 needs a multiple of {Q8_0_BLOCK} values, got {x.size}")
     out = np.empty(x.size // Q8_0_BLOCK * Q8_0_BYTES, dtype=np.uint8)
     lib.quantize_row_q8_0_jlcm_ref(ffi.from_buffer("float[]", x), ffi.cast("block_q8_0_jlcm *", ffi.from_buffer(out)), x.size)
+    return out
+
+
+_QUANT = {"JLCM2": lib.quantize_jlcm2, "JLCM3": lib.quantize_jlcm3}
+
+
+def quantize(qtype: pack.JLCMType, x, imatrix=None) -> np.ndarray:
+    """x (rows, n_per_row), n_per_row a multiple of 64 -> blocks (rows, row bytes); imatrix: per-column
+    importance (n_per_row,) or None."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if x.ndim != 2 or x.shape[1] % pack.QK:
+        raise ValueError(f"{qtype.name}: need (rows, n) with n a multiple of {pack.QK}, got shape {x.shape}")
+    rows, n = x.shape
+    out = np.empty((rows, n // pack.QK * qtype.type_size), dtype=np.uint8)
+    imat = ffi.NULL
+    if imatrix is not None:
+        imatrix = np.ascontiguousarray(imatrix, dtype=np.float32).reshape(-1)
+        if imatrix.size != n:
+            raise ValueError(f"imatrix has {imatrix.size} values for rows of {n}")
+        imat = ffi.from_buffer("float[]", imatrix)
+    _QUANT[qtype.name](ffi.from_buffer("float[]", x), ffi.from_buffer(out), rows, n, imat)
     return out
 
 

@@ -184,6 +184,17 @@ def test_unknown_type_names_the_flag(hf, tmp_path):
     assert leftovers(tmp_path) == []
 
 
+def test_jlcm_embedding_needs_rows_a_multiple_of_64(hf, tmp_path):
+    d = copy_hf(hf, tmp_path / "narrow")
+    os.symlink(hf / "model.safetensors", d / "model.safetensors")
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["hidden_size"] = 600                   # refused from the config, before the weights are read
+    (d / "config.json").write_text(json.dumps(cfg))
+    r = convert(d, tmp_path / "out.gguf", "--token-embedding-type", "JLCM2")
+    assert_refused(r, "--token-embedding-type JLCM2", "600 wide")
+    assert leftovers(tmp_path, keep=("narrow",)) == []
+
+
 def small_filesystem(path, size="4m"):
     """A tiny tmpfs where this process may mount one (root); None elsewhere."""
     path.mkdir()
@@ -283,8 +294,10 @@ def tokenizer_for(arch, hf, model_dir):
     return 151936
 
 
-@pytest.mark.parametrize("arch,tied", [("MistralForCausalLM", False), ("Qwen2ForCausalLM", True)])
-def test_other_llama_family_architectures(hf, build, tmp_path, arch, tied):
+# the untied Mistral also takes JLCM types for its embedding and output head (data-free quantizer)
+@pytest.mark.parametrize("arch,tied,embd,out_type", [("MistralForCausalLM", False, "JLCM2", "JLCM3"),
+                                                     ("Qwen2ForCausalLM", True, "Q8_0", None)])
+def test_other_llama_family_architectures(hf, build, tmp_path, arch, tied, embd, out_type):
     """A small random-weight model of a further architecture, with a tokenizer the pinned converter
     recognizes: convert, the same checks against the converter's own reference file, and the patched
     llama.cpp loads and runs it (random weights: the text means nothing)."""
@@ -301,7 +314,8 @@ def test_other_llama_family_architectures(hf, build, tmp_path, arch, tied):
     torch.manual_seed(0)
     getattr(transformers, arch)(cfg).save_pretrained(model_dir)
     out = tmp_path / "out.gguf"
-    r = convert(model_dir, out, "--type", "JLCM3")
+    r = convert(model_dir, out, "--type", "JLCM3", "--token-embedding-type", embd,
+                *(["--output-tensor-type", out_type] if out_type else []))
     assert r.returncode == 0, r.stderr
     ref_path = reference_gguf(model_dir, quiet=True)
     ours, ref = open_reader(out), open_reader(ref_path)
@@ -309,7 +323,10 @@ def test_other_llama_family_architectures(hf, build, tmp_path, arch, tied):
     assert ours.fields["general.architecture"].contents() == ref.fields["general.architecture"].contents()
     types = {t.name: t.tensor_type.name for t in ours.tensors}
     assert types["blk.1.attn_q.weight"] == "JLCM3"
-    assert types.get("output.weight") == (None if tied else "Q8_0")
+    assert types["token_embd.weight"] == embd and types.get("output.weight") == out_type
+    for name in ("token_embd.weight", "output.weight")[:1 if tied else 2]:
+        a, b = dequantize_tensor(out, name), dequantize_tensor(ref_path, name)
+        assert np.linalg.norm(a - b) / np.linalg.norm(b) < 0.4, name
     assert any(n.endswith(".bias") for n in types) == (arch == "Qwen2ForCausalLM")
     for name in ("blk.1.attn_q.weight", "blk.1.attn_k.weight", "blk.0.ffn_down.weight"):
         a, b = dequantize_tensor(out, name), dequantize_tensor(ref_path, name)
