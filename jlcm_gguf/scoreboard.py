@@ -122,7 +122,7 @@ def quantize(runner: Runner, src: Path, out: Path, qtype: str, imat: Path | None
     args = (["--imatrix", imat] if imat else []) + [src, tmp, qtype, threads]
     argv = runner.build.command("llama-quantize") + [str(a) for a in args]
     runner.commands.append(shlex.join(argv))
-    stats = _run_measured(argv)
+    stats, _ = run_measured(argv)
     os.replace(tmp, out)
     cache.write_json(out.with_suffix(".json"), stats)
     return out
@@ -240,18 +240,20 @@ def source_digest() -> str:
     return h.hexdigest()[:10]
 
 
-def _run_measured(cmd: list[str]) -> dict:
-    """Run a command; its wall time and peak RSS (from wait4's rusage, this child only)."""
+def run_measured(cmd: list[str]) -> tuple[dict, str]:
+    """Run a command: its wall time and peak RSS (wait4's rusage: the child and the children it
+    waited for), and its stderr. A failure raises with the end of stderr."""
     import tempfile
     t0 = time.time()
     with tempfile.TemporaryFile() as err:
         p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
         _, status, ru = os.wait4(p.pid, 0)
         p.returncode = os.waitstatus_to_exitcode(status)
-        if p.returncode != 0:
-            err.seek(0)
-            raise RuntimeError(f"{shlex.join(cmd)} failed:\n{err.read().decode(errors='replace')[-2000:]}")
-    return {"quantize_seconds": round(time.time() - t0, 1), "peak_rss_bytes": ru.ru_maxrss * 1024}
+        err.seek(0)
+        text = err.read().decode(errors="replace")
+    if p.returncode != 0:
+        raise RuntimeError(f"{shlex.join(cmd)} failed:\n{text[-2000:]}")
+    return {"quantize_seconds": round(time.time() - t0, 1), "peak_rss_bytes": ru.ru_maxrss * 1024}, text
 
 
 def jlcm_entries(runner: Runner, model: Path, work: Path, names) -> list[Entry]:
@@ -266,7 +268,7 @@ def jlcm_entries(runner: Runner, model: Path, work: Path, names) -> list[Entry]:
         cmd = [sys.executable, "-m", "jlcm_gguf.cli", "convert", str(model), "-o", str(out), *JLCM_ROWS[name], "--quiet"]
         runner.commands.append(shlex.join(["jlcm-gguf", *cmd[3:]]))
         if not (out.exists() and stats.exists()):
-            cache.write_json(stats, _run_measured(cmd))
+            cache.write_json(stats, run_measured(cmd)[0])
             print(f"  converted {name}: {stats.read_text().strip()}", file=runner.log, flush=True)
         entries.append(Entry(name, "jlcm", out, {"nominal": name, **quantize_stats(out)}))
     return entries

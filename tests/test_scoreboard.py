@@ -1,6 +1,7 @@
 """The scoreboard's measuring code, run for real on a short evaluation (the full board is a benchmark)."""
 import json
 
+from conftest import run_cli
 from jlcm_gguf import scoreboard
 
 
@@ -53,3 +54,24 @@ def test_pareto_front_and_table():
            "machine": {"cores": 2, "cpu": "cpu", "date": "2026-01-01"}}
     table = scoreboard.markdown_table(doc)
     assert table.count("\n| ") == 4 and "| C | stock | 1.00 | 5.50 | 4.50 | 20.000 | 0.3000 | — | — | — |" in table
+
+
+def test_bench_command_writes_json_plot_and_table(build, f16, novels, tmp_path):
+    """`jlcm-gguf bench` end to end on one stock type (the JLCM rows go through `jlcm-gguf convert`,
+    tested on its own): rows in the JSON with the exact commands, the PNG and the markdown table."""
+    out = tmp_path / "board.json"
+    r = run_cli("bench", "--types", "Q8_0", "--jlcm", "", "--ctx", "256", "--chunks", "2", "--out", out, timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    doc = json.loads(out.read_text())
+    assert [row["name"] for row in doc["rows"]] == ["Q8_0"]
+    row = doc["rows"][0]
+    assert 0 < row["kld"] < 0.05 and row["tg128"] > 0 and row["bpw_linear"] == 8.5
+    assert doc["commands"][0].startswith("jlcm-gguf bench --types Q8_0")
+    assert any("llama-bench" in c for c in doc["commands"])
+    assert out.with_suffix(".png").stat().st_size > 10_000
+    assert "| Q8_0 | stock |" in out.with_suffix(".md").read_text()
+
+
+def test_bench_refuses_unknown_rows(tmp_path):
+    r = run_cli("bench", "--jlcm", "JLCM9", "--out", tmp_path / "b.json")
+    assert r.returncode == 2 and "--jlcm" in r.stderr and "JLCM9" in r.stderr
