@@ -240,20 +240,33 @@ def source_digest() -> str:
     return h.hexdigest()[:10]
 
 
+# Peak RSS must come from a small process's child: a child exec'd straight from this (possibly
+# large) process inherits our RSS high-water mark in its rusage. This helper, a few MB, forks
+# the command and reports that grandchild's own peak.
+_PEAK_RSS_HELPER = """import os, sys
+pid = os.fork()
+if pid == 0:
+    os.execvp(sys.argv[2], sys.argv[2:])
+_, status, ru = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as f:
+    f.write(str(ru.ru_maxrss * 1024))
+sys.exit(os.waitstatus_to_exitcode(status) % 256)
+"""
+
+
 def run_measured(cmd: list[str]) -> tuple[dict, str]:
-    """Run a command: its wall time and peak RSS (wait4's rusage: the child and the children it
-    waited for), and its stderr. A failure raises with the end of stderr."""
+    """Run a command: its wall time, its peak RSS, and its stderr. A failure raises with the end
+    of stderr."""
     import tempfile
     t0 = time.time()
-    with tempfile.TemporaryFile() as err:
-        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
-        _, status, ru = os.wait4(p.pid, 0)
-        p.returncode = os.waitstatus_to_exitcode(status)
-        err.seek(0)
-        text = err.read().decode(errors="replace")
-    if p.returncode != 0:
-        raise RuntimeError(f"{shlex.join(cmd)} failed:\n{text[-2000:]}")
-    return {"quantize_seconds": round(time.time() - t0, 1), "peak_rss_bytes": ru.ru_maxrss * 1024}, text
+    with tempfile.TemporaryDirectory() as tmp:
+        peak = Path(tmp) / "peak"
+        r = subprocess.run([sys.executable, "-c", _PEAK_RSS_HELPER, str(peak), *cmd],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, errors="replace")
+        if r.returncode != 0:
+            raise RuntimeError(f"{shlex.join(cmd)} failed:\n{r.stderr[-2000:]}")
+        rss = int(peak.read_text())
+    return {"quantize_seconds": round(time.time() - t0, 1), "peak_rss_bytes": rss}, r.stderr
 
 
 def jlcm_entries(runner: Runner, model: Path, work: Path, names) -> list[Entry]:
