@@ -134,15 +134,9 @@ def main() -> int:
         runner = scoreboard.Runner(build)
         f16 = reference_gguf(model, quiet=True)
         if args.jlcm_from == "llama-quantize":
-            jlcm = args.work / "llama7b-JLCM2-llama-quantize.gguf"
-            if not jlcm.exists():
-                tmp = cache.atomic_path(jlcm)
-                argv = build.command("llama-quantize") + ["--token-embedding-type", EMBD_TYPE.lower(),
-                                                          "--output-tensor-type", OUTPUT_TYPE.lower(),
-                                                          str(f16), str(tmp), "JLCM2", str(args.threads)]
-                stats, _ = run_logged(argv, commands)
-                os.replace(tmp, jlcm)
-                cache.write_json(jlcm.with_suffix(".json"), stats)
+            jlcm = scoreboard.quantize(runner, f16, args.work / "llama7b-JLCM2-llama-quantize.gguf", "JLCM2", None,
+                                       args.threads, ("--token-embedding-type", EMBD_TYPE.lower(),
+                                                      "--output-tensor-type", OUTPUT_TYPE.lower()))
             rows.append({"name": "JLCM2", "file": jlcm.name,
                          "made_by": "patched llama-quantize (data-free reference quantizer, no calibration)",
                          "convert": scoreboard.quantize_stats(jlcm), **scoreboard.tensor_stats(jlcm),
@@ -157,9 +151,10 @@ def main() -> int:
             rows.append({"name": t, "file": path.name, "made_by": "llama-quantize --imatrix (1 chunk of Emma)",
                          "convert": scoreboard.quantize_stats(path), **st,
                          "token_embd": types.get("token_embd.weight"), "output": types.get("output.weight")})
-        speeds = bench(runner, [args.work / r["file"] for r in rows], args.threads)
+        # pp128, not pp512: a pp512 run of a 7B takes minutes here
+        speeds = scoreboard.bench(runner, [args.work / r["file"] for r in rows], args.threads, reps=2, prompt=128)
         for r in rows:
-            r.update(speeds.get(r["file"], {}))
+            r.update(speeds.get(args.work / r["file"], {}))
         commands += runner.commands
     for r in rows:
         r["file_gib"] = round(r["file_bytes"] / GIB, 4)
@@ -177,19 +172,6 @@ def main() -> int:
         print(f"{r['name']:8s} {r['file_gib']:.3f} GiB  bpw file {r['bpw_file']:.3f}  linear {r['bpw_linear']:.3f}  "
               f"pp128 {r.get('pp128', '-')}  tg128 {r.get('tg128', '-')}")
     return 0
-
-
-def bench(runner: scoreboard.Runner, models: list[Path], threads: int) -> dict[str, dict]:
-    """pp128 and tg128 of every file in one llama-bench run (pp512 on a 7B takes minutes a run here)."""
-    args = []
-    for m in models:
-        args += ["-m", m]
-    out = runner.run("llama-bench", args + ["-p", 128, "-n", 128, "-t", threads, "-r", 2, "-o", "json"])
-    result: dict[str, dict] = {}
-    for r in json.loads(out[out.index("["):out.rindex("]") + 1]):
-        key = "tg128" if r["n_gen"] else "pp128"
-        result.setdefault(Path(r["model_filename"]).name, {})[key] = round(r["avg_ts"], 2)
-    return result
 
 
 if __name__ == "__main__":

@@ -114,12 +114,14 @@ def imatrix(runner: Runner, model: Path, text: Path, out: Path, chunks: int = 10
     return out
 
 
-def quantize(runner: Runner, src: Path, out: Path, qtype: str, imat: Path | None, threads: int = 2) -> Path:
-    """llama-quantize src to qtype; its time and peak RSS go beside the file (out.json)."""
+def quantize(runner: Runner, src: Path, out: Path, qtype: str, imat: Path | None, threads: int = 2,
+             options: tuple = ()) -> Path:
+    """llama-quantize src to qtype (options: more llama-quantize flags, e.g. --output-tensor-type);
+    its time and peak RSS go beside the file (out.json)."""
     if out.exists():
         return out
     tmp = cache.atomic_path(out)
-    args = (["--imatrix", imat] if imat else []) + [src, tmp, qtype, threads]
+    args = (["--imatrix", imat] if imat else []) + list(options) + [src, tmp, qtype, threads]
     argv = runner.build.command("llama-quantize") + [str(a) for a in args]
     runner.commands.append(shlex.join(argv))
     stats, _ = run_measured(argv)
@@ -157,18 +159,19 @@ def perplexity(runner: Runner, model: Path, ev: EvalSettings, base_logits: Path,
             "kld": float(kld.group(1)), "kld_err": float(kld.group(2))}
 
 
-def bench(runner: Runner, models: list[Path], threads: int = 2, reps: int = 3) -> dict[Path, dict]:
-    """pp512 and tg128 for all files in one llama-bench run, so they share the machine's state."""
+def bench(runner: Runner, models: list[Path], threads: int = 2, reps: int = 3, prompt: int = 512,
+          gen: int = 128) -> dict[Path, dict]:
+    """pp{prompt} and tg{gen} for all files in one llama-bench run, so they share the machine's state."""
     args = []
     for m in models:
         args += ["-m", m]
-    args += ["-p", 512, "-n", 128, "-t", threads, "-r", reps, "-o", "json"]
+    args += ["-p", prompt, "-n", gen, "-t", threads, "-r", reps, "-o", "json"]
     out = runner.run("llama-bench", args)
     start = out.index("[")
     rows = json.loads(out[start:out.rindex("]") + 1])
     result: dict[Path, dict] = {Path(m): {} for m in models}
     for r in rows:
-        key = "pp512" if r["n_prompt"] == 512 and r["n_gen"] == 0 else "tg128"
+        key = f"pp{prompt}" if r["n_gen"] == 0 else f"tg{gen}"
         result[Path(r["model_filename"])][key] = round(r["avg_ts"], 2)
     return result
 
@@ -387,15 +390,6 @@ def write_views(doc: dict, out: Path) -> None:
     os.replace(tmp, out.with_suffix(".md"))
 
 
-def _reference_gguf(model: Path) -> Path:
-    """A user's model as the reference GGUF: used as is, or converted by llama.cpp's converter."""
-    from . import assets
-    if model.is_dir():
-        dest = cache.cache_dir() / "models" / f"{model.resolve().name}-F16.gguf"
-        return dest if dest.exists() else assets.convert_hf_to_gguf(model, dest, "f16")
-    return model
-
-
 def run(args, argv: list[str]) -> int:
     """Measure the stock types and the JLCM rows in one run; merge the rows into args.out."""
     from . import assets, llama_cpp
@@ -414,7 +408,13 @@ def run(args, argv: list[str]) -> int:
 
     t0 = time.time()
     build = llama_cpp.build(quiet=True)
-    f16 = _reference_gguf(args.model) if args.model else assets.f16_reference()
+    if args.model is None:
+        f16 = assets.f16_reference()
+    elif args.model.is_dir():
+        from .convert import reference_gguf
+        f16 = reference_gguf(args.model, quiet=True)
+    else:
+        f16 = args.model
     calib = args.calib_text or assets.text_file(assets.CALIB_TEXT)
     ev = EvalSettings(args.eval_text or assets.text_file(assets.EVAL_TEXT), args.ctx, args.chunks, args.threads)
     work = cache.cache_dir() / "bench" / "stock" / ("" if args.model is None else f16.stem)
