@@ -7,6 +7,8 @@
 #if defined(__ARM_NEON) && defined(__aarch64__)
 #include <arm_neon.h>
 
+#include "jlcm-half-table.h"
+
 // Codebook bytes, spread so that bytes 2k and 2k+1 both hold the byte of entries 2k and
 // 2k+1 -> int8 entries. A nibble is entry + 8, i.e. the entry in 4-bit two's complement with
 // its top bit flipped: shift the wanted nibble to the top, flip, shift back arithmetically.
@@ -83,8 +85,8 @@ static inline void accumulate(float32x4_t acc[2], int8x16_t t, const uint8x16_t 
     p0 = dot16(p0, w1, vld1q_s8(y[0].qs + 16));
     int32x4_t p1 = dot16(vdupq_n_s32(0), w2, vld1q_s8(y[1].qs));
     p1 = dot16(p1, w3, vld1q_s8(y[1].qs + 16));
-    acc[0] = vfmaq_n_f32(acc[0], vcvtq_f32_s32(p0), d * jlcm_half_to_float(y[0].d));
-    acc[1] = vfmaq_n_f32(acc[1], vcvtq_f32_s32(p1), d * jlcm_half_to_float(y[1].d));
+    acc[0] = vfmaq_n_f32(acc[0], vcvtq_f32_s32(p0), d * jlcm_half_lookup(y[0].d));
+    acc[1] = vfmaq_n_f32(acc[1], vcvtq_f32_s32(p1), d * jlcm_half_lookup(y[1].d));
 }
 
 void vec_dot_jlcm2_q8_0_simd(int n, float * s, size_t bs, const void * vx, size_t bx, const void * vy, size_t by, int nrc) {
@@ -96,7 +98,7 @@ void vec_dot_jlcm2_q8_0_simd(int n, float * s, size_t bs, const void * vx, size_
     for (int b = 0; b < n / QK_JLCM; b++) {
         uint8x16_t i[4];
         low_indices(x[b].qs, i);
-        accumulate(acc, codebook_table2(&x[b]), i, jlcm_half_to_float(x[b].d), &y[2 * b]);
+        accumulate(acc, codebook_table2(&x[b]), i, jlcm_half_lookup(x[b].d), &y[2 * b]);
     }
     *s = vaddvq_f32(vaddq_f32(acc[0], acc[1]));
 }
@@ -110,7 +112,7 @@ void vec_dot_jlcm3_q8_0_simd(int n, float * s, size_t bs, const void * vx, size_
         uint8x16_t i[4];
         low_indices(x[b].qs, i);
         high_indices(&x[b], i);
-        accumulate(acc, codebook_table3(&x[b]), i, jlcm_half_to_float(x[b].d), &y[2 * b]);
+        accumulate(acc, codebook_table3(&x[b]), i, jlcm_half_lookup(x[b].d), &y[2 * b]);
     }
     *s = vaddvq_f32(vaddq_f32(acc[0], acc[1]));
 }

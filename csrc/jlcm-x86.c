@@ -6,6 +6,8 @@
 #if defined(__AVX2__)
 #include <immintrin.h>
 
+#include "jlcm-half-table.h"
+
 #define JLCM_HAVE_SIMD "avx2"
 
 // Codebook nibbles -> int8 entries, entry k in byte k of both 128-bit lanes. The
@@ -54,11 +56,20 @@ static inline float hsum8(__m256 v) {
     return _mm_cvtss_f32(r);
 }
 
+// fp16 -> fp32, broadcast: from the table, a load with no vector uop (jlcm-half-table.h).
+static inline __m256 half_broadcast(jlcm_half h) {
+#if defined(JLCM_HALF_TABLE)
+    return _mm256_broadcast_ss(&jlcm_half_table[h]);
+#else
+    return _mm256_set1_ps(jlcm_half_to_float(h));
+#endif
+}
+
 // acc[h] += d * d_y[h] * (weights . activations) for the halves h = 0, 1; one accumulator
 // per half, so consecutive blocks do not wait on each other's fma.
-static inline void accumulate(__m256 acc[2], __m256i w0, __m256i w1, float d, const block_q8_0_jlcm * y) {
-    const __m256 s0 = _mm256_set1_ps(d * jlcm_half_to_float(y[0].d));
-    const __m256 s1 = _mm256_set1_ps(d * jlcm_half_to_float(y[1].d));
+static inline void accumulate(__m256 acc[2], __m256i w0, __m256i w1, __m256 d, const block_q8_0_jlcm * y) {
+    const __m256 s0 = _mm256_mul_ps(d, half_broadcast(y[0].d));
+    const __m256 s1 = _mm256_mul_ps(d, half_broadcast(y[1].d));
     acc[0] = _mm256_fmadd_ps(s0, _mm256_cvtepi32_ps(dot32(w0, y[0].qs)), acc[0]);
     acc[1] = _mm256_fmadd_ps(s1, _mm256_cvtepi32_ps(dot32(w1, y[1].qs)), acc[1]);
 }
@@ -70,7 +81,7 @@ static inline void block_into(__m256 acc[2], const uint8_t * cb, const uint8_t *
     __m256i i0, i1;
     low_indices(qs, &i0, &i1);
     if (qh) high_indices(qh, &i0, &i1);
-    accumulate(acc, _mm256_shuffle_epi8(t, i0), _mm256_shuffle_epi8(t, i1), jlcm_half_to_float(d), y);
+    accumulate(acc, _mm256_shuffle_epi8(t, i0), _mm256_shuffle_epi8(t, i1), half_broadcast(d), y);
 }
 
 void vec_dot_jlcm2_q8_0_simd(int n, float * s, size_t bs, const void * vx, size_t bx, const void * vy, size_t by, int nrc) {

@@ -32,7 +32,7 @@ PATCH_DIR = Path(__file__).resolve().parent.parent / "patches"
 # The kernels: csrc/ is their one source. Applying the patches copies these files into the
 # tree as ggml/src/jlcm/, where the patched CMake files compile them into ggml.
 CSRC_DIR = Path(__file__).resolve().parent.parent / "csrc"
-CSRC_FILES = ("jlcm.h", "jlcm-impl.h", "jlcm-ref.c", "jlcm-x86.c", "jlcm-arm.c", "jlcm.c")
+CSRC_FILES = ("jlcm.h", "jlcm-impl.h", "jlcm-half-table.h", "jlcm-ref.c", "jlcm-x86.c", "jlcm-arm.c", "jlcm.c")
 TREE_KERNEL_DIR = Path("ggml") / "src" / "jlcm"
 
 TARGETS = (
