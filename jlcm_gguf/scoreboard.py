@@ -235,11 +235,22 @@ JLCM_ROWS = {"JLCM2": ("--type", "jlcm2"), "JLCM3": ("--type", "jlcm3"),
              "JLCM-mix-4.2": ("--target-bpw", "4.2")}
 
 
+# Modules whose code cannot change a conversion's bytes: editing them keeps cached conversions.
+_NOT_QUANTIZER = {"scoreboard.py", "demo.py", "llama_cpp.py", "evaluate.py", "_kernels_build.py"}
+
+
 def source_digest() -> str:
-    """Hash of the quantizer's source: a cached conversion is reused only by the code that made it."""
+    """Hash of the code that makes a conversion (the package's quantizer modules and the C
+    reference quantizer that JLCM embeddings use): a cached conversion is reused only by the
+    code that made it, and survives edits to the benchmark and demo code around it."""
+    pkg = Path(__file__).resolve().parent
     h = hashlib.sha256()
-    for f in sorted(Path(__file__).resolve().parent.glob("*.py")):
-        h.update(f.name.encode() + f.read_bytes())
+    for f in sorted(pkg.glob("*.py")):
+        if f.name not in _NOT_QUANTIZER:
+            h.update(f.name.encode() + f.read_bytes())
+    ref = pkg.parent / "csrc" / "jlcm-ref.c"
+    if ref.exists():
+        h.update(ref.name.encode() + ref.read_bytes())
     return h.hexdigest()[:10]
 
 
