@@ -191,7 +191,8 @@ def convert(model: Path, out: Path, opts: Options) -> tuple[list[Row], list[str]
     jlcm = {n: pack.TYPES[t] for n, t in types.items() if t in pack.TYPES}
     plan = Plan(lambda i, lin: jlcm.get(f"model.layers.{i}.{lin}.weight"),
                 Settings(outer_steps=opts.outer_steps, seed=opts.seed),
-                DistillSettings(epochs=opts.distill_epochs))
+                DistillSettings(epochs=opts.distill_epochs),
+                held=lambda name, w: torch.from_numpy(gguf_write.stock_values(types[name], w.float().cpu().numpy())))
     q = quantize_model(hf_dir, text, plan, n_seqs=opts.calib_tokens // opts.calib_len, seq_len=opts.calib_len,
                        seed=opts.seed, device=opts.device, quiet=opts.quiet)
 

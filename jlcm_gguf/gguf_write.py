@@ -90,6 +90,13 @@ def stock_tensor(type_name: str, values: np.ndarray) -> Tensor:
     return Tensor(int(t), gguf.quants.quantize(values, t), values.shape)
 
 
+def stock_values(type_name: str, values: np.ndarray) -> np.ndarray:
+    """What a tensor written by stock_tensor decodes to."""
+    import gguf
+    t = gguf.GGMLQuantizationType[type_name]
+    return gguf.quants.dequantize(stock_tensor(type_name, values).data, t).reshape(np.shape(values))
+
+
 def file_size(reference: Path, replace: dict[str, int]) -> int:
     """Bytes of the file `write` makes from `reference` with the tensors in `replace` (name -> new byte
     count), up to metadata and alignment (a few KB)."""

@@ -19,10 +19,24 @@ from .learn import JLCM, Result, Settings, float_target
 
 @dataclass
 class Plan:
-    """Which JLCM type each linear gets (None keeps it float for the caller to store as it likes)."""
+    """Which JLCM type each linear gets (None: the caller stores it as another type).
+
+    held(hf_name, w) gives the weight the file will hold for a linear that is not JLCM (a stock type's
+    dequantized values); the later layers' calibration inputs and the distillation then run through the
+    model the file holds, not through float weights it never contains. None keeps those linears float."""
     choose: Callable[[int, str], pack.JLCMType | None]
     settings: Settings = field(default_factory=Settings)
     distill: DistillSettings = field(default_factory=DistillSettings)
+    held: Callable[[str, torch.Tensor], torch.Tensor] | None = None
+
+    def hold(self, module: torch.nn.Module, prefix: str, names) -> None:
+        """Put held weights into `module`'s linears `names` (HF names below `prefix`)."""
+        if self.held is None:
+            return
+        with torch.no_grad():
+            for name in names:
+                lin = module.get_submodule(name)
+                lin.weight.copy_(self.held(f"{prefix}{name}.weight", lin.weight.data).to(lin.weight))
 
 
 def uniform(qtype: pack.JLCMType, settings: Settings | None = None) -> Plan:
@@ -60,13 +74,15 @@ def quantize_model(hf_dir: Path, calib_text: str, plan: Plan, n_seqs: int = 32, 
         layer = stream.layer(i)
         chosen = {name: plan.choose(i, name) for name in LINEARS} if i < last else {}
         hess, cross = {}, {}
+        others = [name for name in LINEARS if chosen.get(name) is None] if i < last else []
         if any(chosen.values()) and to_float:
             hess, cross, float_hidden = collect_cross_moments(stream, layer, float_hidden, hidden)
-        else:
-            if any(chosen.values()):
-                hess = collect_hessians(stream, layer, hidden)
-            if float_hidden is not None:
-                float_hidden = stream.run(layer, float_hidden)
+        elif float_hidden is not None:
+            float_hidden = stream.run(layer, float_hidden)
+        plan.hold(layer, f"model.layers.{i}.", others)
+        if any(chosen.values()) and not cross:
+            # after hold(): the inputs come through the weights the file holds
+            hess = collect_hessians(stream, layer, hidden)
         for name, qtype in chosen.items():
             if qtype is None:
                 continue
@@ -85,6 +101,9 @@ def quantize_model(hf_dir: Path, calib_text: str, plan: Plan, n_seqs: int = 32, 
         return Quantized(results, {}, [], seconds)
     t1 = time.time()
     model = _float_model(hf_dir, device)
+    for i in range(last):
+        plan.hold(model.model.layers[i], f"model.layers.{i}.",
+                  [name for name in LINEARS if f"model.layers.{i}.{name}.weight" not in results])
     with torch.no_grad():
         for name, res in results.items():
             model.get_submodule(name.removesuffix(".weight")).weight.copy_(res.weight)

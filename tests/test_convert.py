@@ -314,8 +314,9 @@ def test_other_llama_family_architectures(hf, build, tmp_path, arch, tied, embd,
     torch.manual_seed(0)
     getattr(transformers, arch)(cfg).save_pretrained(model_dir)
     out = tmp_path / "out.gguf"
+    stock_v = ["--tensor-type", "attn_v=Q4_0"] if not tied else []
     r = convert(model_dir, out, "--type", "JLCM3", "--token-embedding-type", embd,
-                *(["--output-tensor-type", out_type] if out_type else []))
+                *(["--output-tensor-type", out_type] if out_type else []), *stock_v)
     assert r.returncode == 0, r.stderr
     ref_path = reference_gguf(model_dir, quiet=True)
     ours, ref = open_reader(out), open_reader(ref_path)
@@ -323,6 +324,13 @@ def test_other_llama_family_architectures(hf, build, tmp_path, arch, tied, embd,
     assert ours.fields["general.architecture"].contents() == ref.fields["general.architecture"].contents()
     types = {t.name: t.tensor_type.name for t in ours.tensors}
     assert types["blk.1.attn_q.weight"] == "JLCM3"
+    if stock_v:
+        # a stock-typed linear: the file holds exactly what the quantizer was told it holds (Plan.held)
+        from jlcm_gguf.calibrate import WeightStore
+        from jlcm_gguf.gguf_write import stock_values
+        assert types["blk.1.attn_v.weight"] == "Q4_0"
+        w = WeightStore(model_dir).get("model.layers.1.self_attn.v_proj.weight").float().numpy()
+        assert np.array_equal(dequantize_tensor(out, "blk.1.attn_v.weight"), stock_values("Q4_0", w))
     assert types["token_embd.weight"] == embd and types.get("output.weight") == out_type
     for name in ("token_embd.weight", "output.weight")[:1 if tied else 2]:
         a, b = dequantize_tensor(out, name), dequantize_tensor(ref_path, name)

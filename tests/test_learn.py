@@ -137,6 +137,35 @@ def test_model_loop_quantizes_layer_by_layer():
     assert 0 < ((down.weight - w).norm() / w.norm()).item() < 0.5
 
 
+def test_held_stock_weights_feed_the_later_layers():
+    """Only layer 1's ffn_down is JLCM; the file holds the other linears as Q4_0. The learner must see
+    inputs through those Q4_0 weights (a different result than through float ones), and the distillation
+    must start from them too."""
+    from jlcm_gguf import gguf_write
+    from jlcm_gguf.distill import DistillSettings
+    from jlcm_gguf.quantize import Plan, quantize_model
+    hf = assets.hf_model_dir()
+    text = assets.text_file("emma").read_text(encoding="utf-8")
+    fast = learn.Settings(outer_steps=1, adam_steps=2)
+    choose = lambda i, name: pack.JLCM2 if (i, name) == (1, "mlp.down_proj") else None
+    calls = []
+
+    def q4_0(name, w):
+        calls.append(name)
+        return torch.from_numpy(gguf_write.stock_values("Q4_0", w.numpy()))
+
+    kw = dict(n_seqs=2, seq_len=128, quiet=True, n_layers=2)
+    key = "model.layers.1.mlp.down_proj.weight"
+    plain = quantize_model(hf, text, Plan(choose, fast, DistillSettings(epochs=0)), **kw).linears[key]
+    held = quantize_model(hf, text, Plan(choose, fast, DistillSettings(epochs=0), held=q4_0), **kw).linears[key]
+    assert sorted(calls) == sorted(f"model.layers.{i}.{n}.weight" for i in range(2) for n in calibrate.LINEARS
+                                   if (i, n) != (1, "mlp.down_proj"))
+    assert not np.array_equal(plain.blocks, held.blocks)
+    calls.clear()
+    quantize_model(hf, text, Plan(choose, fast, DistillSettings(epochs=1), held=q4_0), **kw)
+    assert len(calls) == 2 * 13          # once for the layer-wise pass, once for the distillation's model
+
+
 def test_distillation_rescales_blocks_and_lowers_the_kl():
     """Layers 0-3 in JLCM2 (k-means codes, no learning: a large error to repair), then distillation.
     Only block scales and norm gains may change; the KL on held-out text must fall."""
