@@ -11,8 +11,10 @@ per weight its block layout costs. Alternatives:
 - codebook entries int4 (the formats) or int8 (2 or 4 more bytes a block);
 - the int grid chosen per block (the formats) or per group codebook;
 - 16 groups (default) or one group per row;
-- for reference, stock llama.cpp's own tensor where a stock file has one at
-  about these bits: ffn_down of the IQ2_M file is IQ2_S (2.5625 bpw, imatrix).
+- for reference, stock llama.cpp's own ffn_down from the IQ2_M file (imatrix):
+  IQ2_S (2.5625 bpw), except in the first eighth of the layers, which
+  llama-quantize raises to IQ3_S (3.4375 bpw). The row names the type the file
+  really holds.
 
 Results: bench/results/format_alternatives.json.
 """
@@ -43,18 +45,27 @@ def stored_error(qtype: pack.JLCMType, settings: learn.Settings, w, H) -> float:
     return float(q.loss(w, q.dequant(s, Cq, groups, idx), H) / q.loss(w, torch.zeros_like(w), H))
 
 
-def stock_weights(ftype: str) -> dict:
-    """Dequantized tensors of the stock scoreboard's file of that type, by HF name."""
+def stock_weights(ftype: str) -> tuple[dict, dict]:
+    """Dequantized tensors of the stock scoreboard's file of that type, by HF name, and each GGUF tensor's
+    (type name, bpw), by GGUF name."""
+    import gguf
     from transformers import AutoModelForCausalLM
+
+    from jlcm_gguf.gguf_io import open_reader
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from quantizer import stock_file
     path = stock_file(ftype)
-    return AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).state_dict()
+    types = {}
+    for t in open_reader(path).tensors:
+        block, size = gguf.GGML_QUANT_SIZES[t.tensor_type]
+        types[t.name] = (t.tensor_type.name, 8 * size / block)
+    sd = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).state_dict()
+    return sd, types
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--layers", default="1,11")
+    p.add_argument("--layers", default="1,5,11")
     p.add_argument("--calib-seqs", type=int, default=16)
     p.add_argument("--out", type=Path, default=RESULTS / "format_alternatives.json")
     args = p.parse_args()
@@ -69,7 +80,7 @@ def main() -> int:
     hidden = stream.embed(calibrate.calibration_tokens(tok, text, args.calib_seqs, 512, 0))
     want = sorted(int(x) for x in args.layers.split(","))
     base = learn.Settings()
-    stock = stock_weights("IQ2_M")
+    stock, stock_types = stock_weights("IQ2_M")
     rows = []
     for i in range(max(want) + 1):
         layer = stream.layer(i)
@@ -94,8 +105,9 @@ def main() -> int:
                 if name == "mlp.down_proj":
                     h = H[name]
                     err = float(learn.JLCM.loss(w, stock[key], h) / learn.JLCM.loss(w, torch.zeros_like(w), h))
-                    rows.append({"layer": i, "tensor": name, "type": "IQ2_S", "alternative": "stock IQ2_S (IQ2_M file)",
-                                 "bpw": 2.5625, "rel_error": round(err, 7)})
+                    stype, sbpw = stock_types[f"blk.{i}.ffn_down.weight"]
+                    rows.append({"layer": i, "tensor": name, "type": stype, "alternative": f"stock {stype} (IQ2_M file)",
+                                 "bpw": sbpw, "rel_error": round(err, 7)})
                     print(rows[-1], flush=True)
         hidden = stream.run(layer, hidden)
     cache.write_json(args.out, {"model": assets.MODEL_NAME, "metric": "relative layer output error L(W^)/tr(W H W^T)",
