@@ -9,13 +9,15 @@ against the float model. Stock rows load llama.cpp's own GGUF files (from the
 stock scoreboard's work directory) through transformers' GGUF loader. JLCM rows
 replace linear weights by their dequantized JLCM codes; every other tensor
 (embeddings, norms, and the linears a row leaves alone) comes from the stock
-IQ4_NL file, so "the rest" is equal. Rows go to bench/results/quantizer.json.
+IQ4_NL file, so "the rest" is equal; the quantizer sees the linears a row
+leaves alone as that file holds them. Rows go to bench/results/quantizer.json.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import multiprocessing as mp
+import re
 import shlex
 import sys
 import time
@@ -34,7 +36,9 @@ REST = "IQ4_NL"
 
 
 def variants():
-    """name -> (variant, type for ffn_down, type elsewhere (None: the stock REST file), settings, distillation).
+    """name -> (variant, type for ffn_down, type elsewhere (None: the stock REST file), settings, distillation),
+    and optionally a sixth item: the type of the first eighth of the ffn_down layers (llama.cpp's IQ2_M and
+    IQ2_XS files raise those, to IQ3_S and Q2_K; the "+ first 1/8 ffn_down" rows do the same with JLCM3).
 
     The ablations stop after the layer-wise stage (no distillation), so they compare the
     layer-wise steps alone; "JLCM2 no-distill" is their baseline."""
@@ -45,6 +49,11 @@ def variants():
             "JLCM2": ("default", J2, J2, Settings(), full),
             "JLCM3": ("default", J3, J3, Settings(), full),
             "JLCM2-ffn_down": ("default", J2, None, Settings(), full),
+            "JLCM2-ffn_down + first 1/8 JLCM3": ("ffn_down of layers < n/8 JLCM3, as llama.cpp's IQ2_M raises them "
+                                                 "to IQ3_S", J2, None, Settings(), full, J3),
+            "JLCM2-ffn_down + group per row": ("a group per row (n_groups=0)", J2, None, Settings(n_groups=0), full),
+            "JLCM2-ffn_down + first 1/8 JLCM3 + group per row": (
+                "layers < n/8 JLCM3 and a group per row", J2, None, Settings(n_groups=0), full, J3),
         },
         "ablation": {
             "JLCM2 float-target": ("f: layer-wise target is the float model's output (T = W B H^-1), with distillation",
@@ -57,14 +66,30 @@ def variants():
             "JLCM2 1 group": ("d/e: one group (a codebook per block column of the tensor), no distillation", J2, J2,
                               Settings(n_groups=1), none),
             "JLCM2 4 groups": ("e: 4 groups, no distillation", J2, J2, Settings(n_groups=4), none),
+            "JLCM2 group per row": ("e: a group per row (n_groups=0), with distillation", J2, J2, Settings(n_groups=0),
+                                    full),
         },
     }
 
 
+def first_eighth(n_layers: int) -> int:
+    """How many leading ffn_down layers llama.cpp's IQ2 ftypes raise (i_ffn_down < n_ffn_down / 8)."""
+    return n_layers // 8
+
+
 def _quantize_job(args):
-    hf, text, down_t, other_t, settings, distill, n_seqs, device, out = args
+    hf, text, down_t, other_t, first_t, n_layers, rest_path, settings, distill, n_seqs, device, out = args
     torch.set_num_threads(2)
-    plan = Plan(lambda i, name: down_t if name == "mlp.down_proj" else other_t, settings, distill)
+
+    def choose(i, name):
+        if name != "mlp.down_proj":
+            return other_t
+        return first_t if first_t and i < first_eighth(n_layers) else down_t
+
+    # the linears a row leaves to the REST file: the learner and the distillation see them as that file
+    # holds them, as `jlcm-gguf convert` does for the stock types it writes
+    rest = load_gguf_model(Path(rest_path)).state_dict() if other_t is None else None
+    plan = Plan(choose, settings, distill, held=(lambda name, w: rest[name]) if rest is not None else None)
     t0 = time.time()
     q = quantize_model(Path(hf), text, plan, n_seqs=n_seqs, seed=settings.seed, device=device, quiet=False)
     seconds = time.time() - t0
@@ -86,9 +111,14 @@ def load_gguf_model(path: Path):
     return AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
 
 
-def linear_bits(rest: dict, down_t, other_t) -> float:
-    """bpw of the linear layers for a row: JLCM blocks where JLCM is used, the REST file's bytes elsewhere."""
-    down_bits = rest["n_down"] * (down_t.bpw if down_t else rest["bpw_down"])
+def linear_bits(rest: dict, down_t, other_t, first_t=None, n_layers: int = 1) -> float:
+    """bpw of the linear layers for a row: JLCM blocks where JLCM is used, the REST file's bytes elsewhere
+    (every ffn_down layer has the same shape, so the first eighth holds n_down * k / n_layers weights)."""
+    down_bpw = down_t.bpw if down_t else rest["bpw_down"]
+    if first_t:
+        k = first_eighth(n_layers)
+        down_bpw = (k * first_t.bpw + (n_layers - k) * down_bpw) / n_layers
+    down_bits = rest["n_down"] * down_bpw
     other_bits = (rest["n_all"] - rest["n_down"]) * (other_t.bpw if other_t else rest["bpw_other"])
     return (down_bits + other_bits) / rest["n_all"]
 
@@ -144,6 +174,7 @@ def main() -> int:
     only = set(filter(None, args.only.split(",")))
     rest_path = stock_file(REST)
     rest = linear_split(rest_path)
+    n_layers = json.loads((hf / "config.json").read_text())["num_hidden_layers"]
 
     if "stock" in groups:
         for qtype in STOCK:
@@ -160,12 +191,14 @@ def main() -> int:
     for group in ("main", "ablation"):
         if group not in groups:
             continue
-        for name, (variant, down_t, other_t, settings, distill) in variants()[group].items():
+        for name, (variant, down_t, other_t, settings, distill, *first) in variants()[group].items():
             if only and name not in only:
                 continue
-            out = cache.cache_dir() / "bench" / "quantizer" / f"{name.replace(' ', '_')}.pt"
+            first_t = first[0] if first else None
+            out = cache.cache_dir() / "bench" / "quantizer" / (re.sub(r"[^A-Za-z0-9_.-]+", "_", name) + ".pt")
             out.parent.mkdir(parents=True, exist_ok=True)
-            job = (str(hf), calib, down_t, other_t, settings, distill, args.calib_seqs, args.device, out)
+            job = (str(hf), calib, down_t, other_t, first_t, n_layers, str(rest_path), settings, distill,
+                   args.calib_seqs, args.device, out)
             with mp.get_context("spawn").Pool(1) as pool:
                 seconds, rss, stages = pool.apply(_quantize_job, (job,))
             weights = torch.load(out)
@@ -174,7 +207,7 @@ def main() -> int:
             for k, w in weights.items():
                 sd[k].copy_(w)
             row = {"name": name, "kind": "jlcm", "variant": variant,
-                   "bpw_linear": round(linear_bits(rest, down_t, other_t), 4),
+                   "bpw_linear": round(linear_bits(rest, down_t, other_t, first_t, n_layers), 4),
                    "settings": vars(settings), "distill": vars(distill), **stages, "quantize_seconds": round(seconds, 1), "peak_rss_bytes": rss,
                    **evaluate.evaluate(m, data, ref)}
             print(row, flush=True)

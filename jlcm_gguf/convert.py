@@ -45,6 +45,7 @@ class Options:
     calib_len: int = 512
     seed: int = 0
     outer_steps: int = Settings.outer_steps
+    n_groups: int = Settings.n_groups
     distill_epochs: int = DistillSettings.epochs
     device: str = "cpu"
     quiet: bool = False
@@ -172,6 +173,8 @@ def convert(model: Path, out: Path, opts: Options) -> tuple[list[Row], list[str]
             re.compile(p)
         except re.error as e:
             raise ConvertError(f"--tensor-type: bad pattern {p!r} ({e})") from e
+    if opts.n_groups < 0:
+        raise ConvertError(f"--groups {opts.n_groups}: give a number of row groups, or 0 for a group per row")
     if opts.calib_tokens < opts.calib_len:
         raise ConvertError(f"--calib-tokens {opts.calib_tokens} is less than one {opts.calib_len}-token sequence")
 
@@ -190,7 +193,7 @@ def convert(model: Path, out: Path, opts: Options) -> tuple[list[Row], list[str]
 
     jlcm = {n: pack.TYPES[t] for n, t in types.items() if t in pack.TYPES}
     plan = Plan(lambda i, lin: jlcm.get(f"model.layers.{i}.{lin}.weight"),
-                Settings(outer_steps=opts.outer_steps, seed=opts.seed),
+                Settings(outer_steps=opts.outer_steps, n_groups=opts.n_groups, seed=opts.seed),
                 DistillSettings(epochs=opts.distill_epochs),
                 held=lambda name, w: torch.from_numpy(gguf_write.stock_values(types[name], w.float().cpu().numpy())))
     q = quantize_model(hf_dir, text, plan, n_seqs=opts.calib_tokens // opts.calib_len, seq_len=opts.calib_len,

@@ -23,7 +23,10 @@ def row_profiles(w: torch.Tensor) -> torch.Tensor:
 
 
 def group_rows(w: torch.Tensor, n_groups: int, seed: int = 0) -> torch.Tensor:
-    """A group label per row of w; n_groups=1 puts every row in one group (one codebook per tensor)."""
+    """A group label per row of w; n_groups=1 puts every row in one group (one codebook per tensor),
+    n_groups=0 gives every row its own."""
+    if n_groups == 0:
+        return torch.arange(w.shape[0], device=w.device)
     if n_groups <= 1:
         return torch.zeros(w.shape[0], dtype=torch.long, device=w.device)
     labels = kmeans_rows(row_profiles(w.float()), n_groups, seed)

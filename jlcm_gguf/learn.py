@@ -26,7 +26,7 @@ QK = pack.QK
 
 @dataclass
 class Settings:
-    n_groups: int = 16
+    n_groups: int = 16          # 0: a group per row
     outer_steps: int = 4        # rounds of (codebook/scale steps, index step)
     adam_steps: int = 8
     lr: float = 3e-3

@@ -181,6 +181,8 @@ def test_unknown_type_names_the_flag(hf, tmp_path):
     assert_refused(r, "--type", "JLCM9")
     r = convert(hf, tmp_path / "out.gguf", "--tensor-type", "ffn_down")
     assert_refused(r, "--tensor-type", "REGEX=TYPE")
+    r = convert(hf, tmp_path / "out.gguf", "--groups", "-1")
+    assert_refused(r, "--groups", "-1")
     assert leftovers(tmp_path) == []
 
 

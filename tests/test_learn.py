@@ -69,6 +69,7 @@ def test_grouping_separates_differently_shaped_rows():
     assert len(set(labels[:40].tolist())) == 1 and len(set(labels[40:].tolist())) == 1
     assert labels[0] != labels[40]
     assert grouping.group_rows(gauss, 1).unique().tolist() == [0]
+    assert grouping.group_rows(gauss, 0).tolist() == list(range(gauss.shape[0]))
 
 
 def test_proximal_update_moves_to_a_neighbour_and_ste_jumps():
