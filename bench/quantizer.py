@@ -68,6 +68,8 @@ def variants():
             "JLCM2 4 groups": ("e: 4 groups, no distillation", J2, J2, Settings(n_groups=4), none),
             "JLCM2 group per row": ("e: a group per row (n_groups=0), with distillation", J2, J2, Settings(n_groups=0),
                                     full),
+            "JLCM3 group per row": ("e: a group per row (n_groups=0), with distillation", J3, J3, Settings(n_groups=0),
+                                    full),
         },
     }
 
