@@ -48,17 +48,14 @@ def stored_error(qtype: pack.JLCMType, settings: learn.Settings, w, H) -> float:
 def stock_weights(ftype: str) -> tuple[dict, dict]:
     """Dequantized tensors of the stock scoreboard's file of that type, by HF name, and each GGUF tensor's
     (type name, bpw), by GGUF name."""
-    import gguf
     from transformers import AutoModelForCausalLM
 
     from jlcm_gguf.gguf_io import open_reader
+    from jlcm_gguf.policy import type_bits
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from quantizer import stock_file
     path = stock_file(ftype)
-    types = {}
-    for t in open_reader(path).tensors:
-        block, size = gguf.GGML_QUANT_SIZES[t.tensor_type]
-        types[t.name] = (t.tensor_type.name, 8 * size / block)
+    types = {t.name: (t.tensor_type.name, type_bits(t.tensor_type.name)) for t in open_reader(path).tensors}
     sd = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).state_dict()
     return sd, types
 

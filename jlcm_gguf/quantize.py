@@ -29,14 +29,15 @@ class Plan:
     distill: DistillSettings = field(default_factory=DistillSettings)
     held: Callable[[str, torch.Tensor], torch.Tensor] | None = None
 
-    def hold(self, module: torch.nn.Module, prefix: str, names) -> None:
-        """Put held weights into `module`'s linears `names` (HF names below `prefix`)."""
+    def hold(self, layer: torch.nn.Module, i: int) -> None:
+        """Put held weights into decoder layer i's linears that are not JLCM."""
         if self.held is None:
             return
         with torch.no_grad():
-            for name in names:
-                lin = module.get_submodule(name)
-                lin.weight.copy_(self.held(f"{prefix}{name}.weight", lin.weight.data).to(lin.weight))
+            for name in LINEARS:
+                if self.choose(i, name) is None:
+                    lin = layer.get_submodule(name)
+                    lin.weight.copy_(self.held(f"model.layers.{i}.{name}.weight", lin.weight.data).to(lin.weight))
 
 
 def uniform(qtype: pack.JLCMType, settings: Settings | None = None) -> Plan:
@@ -74,12 +75,12 @@ def quantize_model(hf_dir: Path, calib_text: str, plan: Plan, n_seqs: int = 32, 
         layer = stream.layer(i)
         chosen = {name: plan.choose(i, name) for name in LINEARS} if i < last else {}
         hess, cross = {}, {}
-        others = [name for name in LINEARS if chosen.get(name) is None] if i < last else []
         if any(chosen.values()) and to_float:
             hess, cross, float_hidden = collect_cross_moments(stream, layer, float_hidden, hidden)
         elif float_hidden is not None:
             float_hidden = stream.run(layer, float_hidden)
-        plan.hold(layer, f"model.layers.{i}.", others)
+        if i < last:
+            plan.hold(layer, i)
         if any(chosen.values()) and not cross:
             # after hold(): the inputs come through the weights the file holds
             hess = collect_hessians(stream, layer, hidden)
@@ -102,8 +103,7 @@ def quantize_model(hf_dir: Path, calib_text: str, plan: Plan, n_seqs: int = 32, 
     t1 = time.time()
     model = _float_model(hf_dir, device)
     for i in range(last):
-        plan.hold(model.model.layers[i], f"model.layers.{i}.",
-                  [name for name in LINEARS if f"model.layers.{i}.{name}.weight" not in results])
+        plan.hold(model.model.layers[i], i)
     with torch.no_grad():
         for name, res in results.items():
             model.get_submodule(name.removesuffix(".weight")).weight.copy_(res.weight)
