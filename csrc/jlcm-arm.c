@@ -1,22 +1,14 @@
-// NEON kernels (aarch64). Each 64-weight block: the codebook nibbles become a
-// 16-byte int8 table, the indices are spread to bytes, and one tbl per 16
-// weights gives int8 weights; sdot (dotprod) or widening multiplies (plain
-// NEON, e.g. Cortex-A53) multiply them with Q8_0 activations.
+// NEON kernels (aarch64). Each 64-weight block: the codebook becomes a 16-byte
+// int8 table (built in a scalar register, jlcm-impl.h), the indices are spread to
+// bytes, and one tbl per 16 weights gives int8 weights; sdot (dotprod) or widening
+// multiplies (plain NEON, e.g. Cortex-A53) multiply them with Q8_0 activations.
+// Blocks go in pairs, whose four 32-weight sums share one conversion to float.
 #include "jlcm-impl.h"
 
 #if defined(__ARM_NEON) && defined(__aarch64__)
 #include <arm_neon.h>
 
 #include "jlcm-half-table.h"
-
-// Codebook bytes, spread so that bytes 2k and 2k+1 both hold the byte of entries 2k and
-// 2k+1 -> int8 entries. A nibble is entry + 8, i.e. the entry in 4-bit two's complement with
-// its top bit flipped: shift the wanted nibble to the top, flip, shift back arithmetically.
-static inline int8x16_t nibbles_to_table(uint8x16_t v) {
-    static const int8_t to_top[16] = {4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0};
-    const uint8x16_t top = veorq_u8(vshlq_u8(v, vld1q_s8(to_top)), vdupq_n_u8(0x80));
-    return vshrq_n_s8(vreinterpretq_s8_u8(top), 4);
-}
 
 #if defined(__ARM_FEATURE_DOTPROD)
 #define JLCM_HAVE_SIMD "neon-dotprod"
@@ -32,89 +24,134 @@ static inline int32x4_t dot16(int32x4_t acc, int8x16_t a, int8x16_t b) {
 }
 #endif
 
-// Codebook -> 16-byte int8 table, entry k in byte k (repeating past the block's entries,
-// which no index reaches). The codebook bytes come from a full 16-byte load inside the block, spread by tbl:
-// a narrow load (which a lane broadcast compiles to) writes part of a register, and
-// cores -- and llvm-mca's models -- may serialize it behind that register's last use.
-static const uint8_t CB2_SPREAD[16] = {2, 2, 3, 3, 2, 2, 3, 3, 2, 2, 3, 3, 2, 2, 3, 3};
-static const uint8_t CB3_SPREAD[16] = {2, 2, 3, 3, 4, 4, 5, 5, 2, 2, 3, 3, 4, 4, 5, 5};
-static const uint8_t QH_SPREAD[16]  = {8, 9, 10, 11, 12, 13, 14, 15, 8, 9, 10, 11, 12, 13, 14, 15};
 
-static inline int8x16_t codebook_table2(const block_jlcm2 * b) {
-    return nibbles_to_table(vqtbl1q_u8(vld1q_u8((const uint8_t *)b), vld1q_u8(CB2_SPREAD)));
+// Codebook tables, entry k in byte k and repeating (jlcm-impl.h).
+static inline void codebook_tables2(const block_jlcm2 * a, const block_jlcm2 * b, int8x16_t * ta, int8x16_t * tb) {
+    uint32x2_t w = vreinterpret_u32_u64(vcreate_u64(jlcm2_table_pair(a->cb, b->cb)));
+    *ta = vreinterpretq_s8_u32(vdupq_lane_u32(w, 0));
+    *tb = vreinterpretq_s8_u32(vdupq_lane_u32(w, 1));
 }
 
 static inline int8x16_t codebook_table3(const block_jlcm3 * b) {
-    return nibbles_to_table(vqtbl1q_u8(vld1q_u8((const uint8_t *)b), vld1q_u8(CB3_SPREAD)));
+    uint64x1_t w = vcreate_u64(jlcm3_table_word(b->cb));
+    return vreinterpretq_s8_u64(vdupq_lane_u64(w, 0));
 }
 
-// Index bytes of weights 16k .. 16k+15, k = 0..3.
+// Index bytes of weights 16k .. 16k+15, k = 0..3. q >> 4 keeps field 3 above field 2:
+// the table repeats every 4 (8) bytes, so tbl reads field 2's entry (or, once high_indices
+// sets bit 2, the entry of the 3-bit index).
 static inline void low_indices(const uint8_t * qs, uint8x16_t i[4]) {
     const uint8x16_t q  = vld1q_u8(qs);
     const uint8x16_t m3 = vdupq_n_u8(3);
     i[0] = vandq_u8(q, m3);
     i[1] = vandq_u8(vshrq_n_u8(q, 2), m3);
-    i[2] = vandq_u8(vshrq_n_u8(q, 4), m3);
+    i[2] = vshrq_n_u8(q, 4);
     i[3] = vshrq_n_u8(q, 6);
 }
 
-// High index bits: bit i/8 of qh[i%8], moved to bit 2 of byte i. Byte j of the doubled qh
-// is qh[j%8]; a per-lane shift brings bit 2k (lanes 0-7) or 2k+1 (lanes 8-15) to bit 2, and
-// a bit select inserts it (the low index bits leave bit 2 clear).
+// High index bits: bit i/8 of qh[i%8] into bit 2 of byte i. Byte j of the doubled qh is
+// qh[j%8]; weights 16k..16k+15 take bit 2k (lanes 0-7) or 2k+1 (lanes 8-15): a bit test
+// makes the lane all ones where it is set, and a bit select copies its bit 2.
 static inline void high_indices(const block_jlcm3 * b, uint8x16_t i[4]) {
-    static const int8_t shifts[4][16] = {
-        { 2,  2,  2,  2,  2,  2,  2,  2,  1,  1,  1,  1,  1,  1,  1,  1},
-        { 0,  0,  0,  0,  0,  0,  0,  0, -1, -1, -1, -1, -1, -1, -1, -1},
-        {-2, -2, -2, -2, -2, -2, -2, -2, -3, -3, -3, -3, -3, -3, -3, -3},
-        {-4, -4, -4, -4, -4, -4, -4, -4, -5, -5, -5, -5, -5, -5, -5, -5},
+    static const uint8_t bits[4][16] = {
+        {0x01, 0x01, 0x01, 0x01, 0x01, 0x01, 0x01, 0x01, 0x02, 0x02, 0x02, 0x02, 0x02, 0x02, 0x02, 0x02},
+        {0x04, 0x04, 0x04, 0x04, 0x04, 0x04, 0x04, 0x04, 0x08, 0x08, 0x08, 0x08, 0x08, 0x08, 0x08, 0x08},
+        {0x10, 0x10, 0x10, 0x10, 0x10, 0x10, 0x10, 0x10, 0x20, 0x20, 0x20, 0x20, 0x20, 0x20, 0x20, 0x20},
+        {0x40, 0x40, 0x40, 0x40, 0x40, 0x40, 0x40, 0x40, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80},
     };
-    const uint8x16_t h = vqtbl1q_u8(vld1q_u8(b->qh - 8), vld1q_u8(QH_SPREAD));         // from qs[8..15], qh
+    uint64_t raw;
+    memcpy(&raw, b->qh, 8);
+    const uint8x16_t h = vreinterpretq_u8_u64(vdupq_n_u64(raw));
     const uint8x16_t bit2 = vdupq_n_u8(4);
     for (int k = 0; k < 4; k++) {
-        i[k] = vbslq_u8(bit2, vshlq_u8(h, vld1q_s8(shifts[k])), i[k]);
+        i[k] = vbslq_u8(bit2, vtstq_u8(h, vld1q_u8(bits[k])), i[k]);
     }
 }
 
-// acc[h] += d * d_y[h] * (int8 weights . int8 activations) for the block's halves h = 0, 1;
-// one accumulator per half, so consecutive blocks do not wait on each other's fmla.
-static inline void accumulate(float32x4_t acc[2], int8x16_t t, const uint8x16_t i[4], float d,
-                              const block_q8_0_jlcm * y) {
-    const int8x16_t w0 = vqtbl1q_s8(t, i[0]), w1 = vqtbl1q_s8(t, i[1]);
-    const int8x16_t w2 = vqtbl1q_s8(t, i[2]), w3 = vqtbl1q_s8(t, i[3]);
-    int32x4_t p0 = dot16(vdupq_n_s32(0), w0, vld1q_s8(y[0].qs));
-    p0 = dot16(p0, w1, vld1q_s8(y[0].qs + 16));
-    int32x4_t p1 = dot16(vdupq_n_s32(0), w2, vld1q_s8(y[1].qs));
-    p1 = dot16(p1, w3, vld1q_s8(y[1].qs + 16));
-    acc[0] = vfmaq_n_f32(acc[0], vcvtq_f32_s32(p0), d * jlcm_half_lookup(y[0].d));
-    acc[1] = vfmaq_n_f32(acc[1], vcvtq_f32_s32(p1), d * jlcm_half_lookup(y[1].d));
+// The block's int8 weights (its table t looked up by the index bytes i) . activations:
+// p[h] holds 4 partial sums of the h-th 32 weights.
+static inline void block_dots(int8x16_t t, const uint8x16_t i[4], const block_q8_0_jlcm * y, int32x4_t p[2]) {
+    p[0] = dot16(vdupq_n_s32(0), vqtbl1q_s8(t, i[0]), vld1q_s8(y[0].qs));
+    p[0] = dot16(p[0], vqtbl1q_s8(t, i[1]), vld1q_s8(y[0].qs + 16));
+    p[1] = dot16(vdupq_n_s32(0), vqtbl1q_s8(t, i[2]), vld1q_s8(y[1].qs));
+    p[1] = dot16(p[1], vqtbl1q_s8(t, i[3]), vld1q_s8(y[1].qs + 16));
+}
+
+// [a, b]
+static inline float32x2_t lanes2(float a, float b) {
+    return vzip1_f32(vdup_n_f32(a), vdup_n_f32(b));
+}
+
+// acc += the dot products of two consecutive blocks a, b (activations y[0..3]): their four
+// halves' sums side by side, [a0, a1, b0, b1], times [d_a dy0, d_a dy1, d_b dy2, d_b dy3] --
+// one conversion and one multiply-add for 128 weights.
+static inline float32x4_t pair_into(float32x4_t acc, const int32x4_t pa[2], const int32x4_t pb[2],
+                                    jlcm_half da, jlcm_half db, const block_q8_0_jlcm * y) {
+    const int32x4_t sums = vpaddq_s32(vpaddq_s32(pa[0], pa[1]), vpaddq_s32(pb[0], pb[1]));
+    const float32x2_t sa = vmul_n_f32(lanes2(jlcm_half_lookup(y[0].d), jlcm_half_lookup(y[1].d)), jlcm_half_lookup(da));
+    const float32x2_t sb = vmul_n_f32(lanes2(jlcm_half_lookup(y[2].d), jlcm_half_lookup(y[3].d)), jlcm_half_lookup(db));
+    return vfmaq_f32(acc, vcvtq_f32_s32(sums), vcombine_f32(sa, sb));
+}
+
+// A single block's dot product (the last of a row with an odd number of blocks).
+static inline float block_sum(const int32x4_t p[2], jlcm_half d, const block_q8_0_jlcm * y) {
+    const float dd = jlcm_half_lookup(d);
+    return dd * (jlcm_half_lookup(y[0].d) * (float)vaddvq_s32(p[0]) + jlcm_half_lookup(y[1].d) * (float)vaddvq_s32(p[1]));
 }
 
 void vec_dot_jlcm2_q8_0_simd(int n, float * s, size_t bs, const void * vx, size_t bx, const void * vy, size_t by, int nrc) {
     (void)bs; (void)bx; (void)by; (void)nrc;
     const block_jlcm2 * x = (const block_jlcm2 *)vx;
     const block_q8_0_jlcm * y = (const block_q8_0_jlcm *)vy;
-    float32x4_t acc[2] = {vdupq_n_f32(0.0f), vdupq_n_f32(0.0f)};
-#pragma GCC unroll 2
-    for (int b = 0; b < n / QK_JLCM; b++) {
-        uint8x16_t i[4];
-        low_indices(x[b].qs, i);
-        accumulate(acc, codebook_table2(&x[b]), i, jlcm_half_lookup(x[b].d), &y[2 * b]);
+    const int nb = n / QK_JLCM;
+    float32x4_t acc = vdupq_n_f32(0.0f);
+    int32x4_t pa[2], pb[2];
+    uint8x16_t i[4];
+    float tail = 0.0f;
+    const block_jlcm2 * const pairs_end = x + (nb & ~1);
+    for (; x < pairs_end; x += 2, y += 4) {
+        int8x16_t ta, tb;
+        codebook_tables2(&x[0], &x[1], &ta, &tb);
+        low_indices(x[0].qs, i);
+        block_dots(ta, i, &y[0], pa);
+        low_indices(x[1].qs, i);
+        block_dots(tb, i, &y[2], pb);
+        acc = pair_into(acc, pa, pb, x[0].d, x[1].d, y);
     }
-    *s = vaddvq_f32(vaddq_f32(acc[0], acc[1]));
+    if (nb & 1) {
+        low_indices(x->qs, i);
+        block_dots(vreinterpretq_s8_u32(vdupq_n_u32(jlcm2_table_word(x->cb))), i, y, pa);
+        tail = block_sum(pa, x->d, y);
+    }
+    *s = vaddvq_f32(acc) + tail;
 }
 
 void vec_dot_jlcm3_q8_0_simd(int n, float * s, size_t bs, const void * vx, size_t bx, const void * vy, size_t by, int nrc) {
     (void)bs; (void)bx; (void)by; (void)nrc;
     const block_jlcm3 * x = (const block_jlcm3 *)vx;
     const block_q8_0_jlcm * y = (const block_q8_0_jlcm *)vy;
-    float32x4_t acc[2] = {vdupq_n_f32(0.0f), vdupq_n_f32(0.0f)};
-    for (int b = 0; b < n / QK_JLCM; b++) {
-        uint8x16_t i[4];
-        low_indices(x[b].qs, i);
-        high_indices(&x[b], i);
-        accumulate(acc, codebook_table3(&x[b]), i, jlcm_half_lookup(x[b].d), &y[2 * b]);
+    const int nb = n / QK_JLCM;
+    float32x4_t acc = vdupq_n_f32(0.0f);
+    int32x4_t pa[2], pb[2];
+    uint8x16_t i[4];
+    float tail = 0.0f;
+    const block_jlcm3 * const pairs_end = x + (nb & ~1);
+    for (; x < pairs_end; x += 2, y += 4) {
+        low_indices(x[0].qs, i);
+        high_indices(&x[0], i);
+        block_dots(codebook_table3(&x[0]), i, &y[0], pa);
+        low_indices(x[1].qs, i);
+        high_indices(&x[1], i);
+        block_dots(codebook_table3(&x[1]), i, &y[2], pb);
+        acc = pair_into(acc, pa, pb, x[0].d, x[1].d, y);
     }
-    *s = vaddvq_f32(vaddq_f32(acc[0], acc[1]));
+    if (nb & 1) {
+        low_indices(x->qs, i);
+        high_indices(x, i);
+        block_dots(codebook_table3(x), i, y, pa);
+        tail = block_sum(pa, x->d, y);
+    }
+    *s = vaddvq_f32(acc) + tail;
 }
 
 const char * jlcm_simd_name(void) { return JLCM_HAVE_SIMD; }
