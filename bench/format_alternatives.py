@@ -76,7 +76,7 @@ def main() -> int:
     stream = calibrate.LayerStream(hf)
     hidden = stream.embed(calibrate.calibration_tokens(tok, text, args.calib_seqs, 512, 0))
     want = sorted(int(x) for x in args.layers.split(","))
-    base = learn.Settings()
+    base = learn.Settings(n_groups=16)     # the measured rows; JLCM2's default is now a group per row
     stock, stock_types = stock_weights("IQ2_M")
     rows = []
     for i in range(max(want) + 1):

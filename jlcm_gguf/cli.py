@@ -185,10 +185,9 @@ def main(argv=None) -> int:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--outer-steps", type=int, default=4, help="rounds of codebook/scale and index learning per "
                                                               "linear (default 4; 0: k-means + error feedback)")
-    s.add_argument("--groups", type=int, default=16, help="row groups per linear that learn one codebook together "
-                                                          "(default 16; 0: every row its own, which lowered the "
-                                                          "default model's JLCM2 KLD from 0.84 to 0.70 for ~40%% "
-                                                          "more time; docs/METHOD.md)")
+    s.add_argument("--groups", type=int, default=None, help="row groups per linear that learn one codebook together "
+                                                            "(0: every row its own; default: 0 for JLCM2, 16 for "
+                                                            "JLCM3, which per-row codebooks do not help; docs/METHOD.md)")
     s.add_argument("--distill-epochs", type=int, default=2, help="epochs of end-to-end distillation of block scales "
                                                                  "and norms (default 2; 0 skips it)")
     s.add_argument("--device", default="cpu", help="torch device for the learning (e.g. cuda)")

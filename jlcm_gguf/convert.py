@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import assets, cache, gguf_write, pack, policy
+from . import assets, cache, gguf_write, learn, pack, policy
 from .calibrate import WeightStore
 from .distill import DistillSettings
 from .learn import Settings
@@ -45,7 +45,7 @@ class Options:
     calib_len: int = 512
     seed: int = 0
     outer_steps: int = Settings.outer_steps
-    n_groups: int = Settings.n_groups
+    n_groups: int | None = Settings.n_groups     # None: each type's default (learn.DEFAULT_GROUPS)
     distill_epochs: int = DistillSettings.epochs
     device: str = "cpu"
     quiet: bool = False
@@ -173,7 +173,7 @@ def convert(model: Path, out: Path, opts: Options) -> tuple[list[Row], list[str]
             re.compile(p)
         except re.error as e:
             raise ConvertError(f"--tensor-type: bad pattern {p!r} ({e})") from e
-    if opts.n_groups < 0:
+    if opts.n_groups is not None and opts.n_groups < 0:
         raise ConvertError(f"--groups {opts.n_groups}: give a number of row groups, or 0 for a group per row")
     if opts.calib_tokens < opts.calib_len:
         raise ConvertError(f"--calib-tokens {opts.calib_tokens} is less than one {opts.calib_len}-token sequence")
@@ -221,13 +221,15 @@ def convert(model: Path, out: Path, opts: Options) -> tuple[list[Row], list[str]
         "jlcm.types": sorted({t for t in types.values()}),
         "jlcm.method": "grouped codebooks + proximal index updates, layer-wise output loss; "
                        "block scales and norms distilled against the float model",
-        "jlcm.n_groups": plan.settings.n_groups,
         "jlcm.outer_steps": plan.settings.outer_steps,
         "jlcm.distill_epochs": plan.distill.epochs,
         "jlcm.seed": opts.seed,
         "jlcm.calibration.files": [Path(p).name for p in opts.calib] or list(assets.CALIBRATION_NOVELS),
         "jlcm.calibration.tokens": (opts.calib_tokens // opts.calib_len) * opts.calib_len,
         "jlcm.calibration.sha256": hashlib.sha256(text.encode()).hexdigest(),
+        # row groups per linear, per JLCM type (0: a group per row)
+        **{f"jlcm.n_groups.{t.name}": learn.n_groups_for(t, plan.settings)
+           for t in sorted(set(jlcm.values()), key=lambda t: t.name)},
     }
     weight_of = {L.hf_name: L.n for L in policy.linears(config)}
     by_type: dict[str, int] = {}

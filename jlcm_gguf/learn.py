@@ -12,13 +12,13 @@ a proximal step with codebooks and scales fixed (see `index_step`).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
 from . import pack
-from .codebook import weighted_kmeans_1d
+from .codebook import weighted_kmeans_1d, weighted_kmeans_1d_rows
 from .grouping import group_rows
 
 QK = pack.QK
@@ -26,7 +26,7 @@ QK = pack.QK
 
 @dataclass
 class Settings:
-    n_groups: int = 16          # 0: a group per row
+    n_groups: int | None = None # None: the type's default (DEFAULT_GROUPS); 0: a group per row
     outer_steps: int = 4        # rounds of (codebook/scale steps, index step)
     adam_steps: int = 8
     lr: float = 3e-3
@@ -37,6 +37,16 @@ class Settings:
     round_per: str = "block"    # "block" | "group": whose codebook values share one int grid
     target: str = "own"         # "own": W X^T; "float": the float model's output W X_f^T (see float_target)
     seed: int = 0
+
+
+# Row groups per linear when Settings.n_groups is None. JLCM2's 4 levels gain from a codebook per
+# row (default model: KLD 0.844 with 16 groups, 0.705 per row); JLCM3's 8 do not (0.304 with 16,
+# 0.311 per row). bench/quantizer.py, docs/METHOD.md.
+DEFAULT_GROUPS = {"JLCM2": 0, "JLCM3": 16}
+
+
+def n_groups_for(qtype: pack.JLCMType, settings: Settings) -> int:
+    return DEFAULT_GROUPS[qtype.name] if settings.n_groups is None else settings.n_groups
 
 
 @dataclass
@@ -84,7 +94,7 @@ def float_target(w, H, B, damp=0.01):
 class JLCM:
     def __init__(self, qtype: pack.JLCMType, settings: Settings = Settings()):
         self.qtype = qtype
-        self.cfg = settings
+        self.cfg = replace(settings, n_groups=n_groups_for(qtype, settings))
 
     # -- the loss ----------------------------------------------------------------------------
     @staticmethod
@@ -109,10 +119,13 @@ class JLCM:
         z = w / s.repeat_interleave(QK).view_as(w)
         K = self.qtype.n_codes
         zb = z.view(rows, cols // QK, QK)
-        C = torch.stack([torch.stack([weighted_kmeans_1d(zb[groups == g, b].reshape(-1),
-                                                         bimp[groups == g, b].reshape(-1), K)
-                                      for b in range(cols // QK)])
-                         for g in range(int(groups.max()) + 1)])          # (groups, block columns, K)
+        if self.cfg.n_groups == 0:      # a group per row: every (row, block column) on its own, at once
+            C = weighted_kmeans_1d_rows(zb.reshape(-1, QK), bimp.reshape(-1, QK), K).view(rows, cols // QK, K)
+        else:
+            C = torch.stack([torch.stack([weighted_kmeans_1d(zb[groups == g, b].reshape(-1),
+                                                             bimp[groups == g, b].reshape(-1), K)
+                                          for b in range(cols // QK)])
+                             for g in range(int(groups.max()) + 1)])      # (groups, block columns, K)
         return s, C, groups, self._nearest(z, C, groups)
 
     @staticmethod

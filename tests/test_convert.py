@@ -44,6 +44,8 @@ def test_file_is_the_converters_except_the_jlcm_tensors(converted, f16):
     assert types["blk.7.ffn_down.weight"] == "JLCM3"
     assert types["token_embd.weight"] == "Q8_0" and types["output_norm.weight"] == "F32"
     assert ours_kv["jlcm.format_version"] == gguf_write.FORMAT_VERSION
+    # each type's default grouping: JLCM2 a codebook per row, JLCM3 16 groups
+    assert ours_kv["jlcm.n_groups.JLCM2"] == 0 and ours_kv["jlcm.n_groups.JLCM3"] == 16
 
 
 def test_jlcm_tensors_follow_the_converters_row_order(converted, f16, hf):

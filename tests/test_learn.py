@@ -61,6 +61,27 @@ def test_weighted_kmeans_finds_lloyd_max_levels():
     assert codebook.weighted_kmeans_1d(x, w, 2)[1] > -codebook.weighted_kmeans_1d(x, w, 2)[0]
 
 
+def test_row_batched_kmeans_equals_one_row_at_a_time(layer_data):
+    """--groups 0 initializes every (row, block) codebook in one batched call; it must give exactly the
+    centroids of weighted_kmeans_1d run per block (real weights of ffn_down, scaled as init scales them,
+    and a 4-bit grid with ties)."""
+    layer, H = layer_data
+    w = layer.mlp.down_proj.weight.data[:40]
+    imp = torch.diagonal(H["mlp.down_proj"]).clamp_min(1e-12).expand_as(w).reshape(-1, pack.QK)
+    x = w.reshape(-1, pack.QK)
+    x = x / x.pow(2).mean(1, keepdim=True).sqrt()
+    grid = (x * 2).round() / 2
+    for data, k in ((x, 4), (x, 8), (grid, 4)):
+        rows = codebook.weighted_kmeans_1d_rows(data, imp, k)
+        one = torch.stack([codebook.weighted_kmeans_1d(data[i], imp[i], k) for i in range(data.shape[0])])
+        assert torch.equal(rows, one)
+
+
+def test_groups_default_per_type():
+    assert learn.JLCM(pack.JLCM2).cfg.n_groups == 0 and learn.JLCM(pack.JLCM3).cfg.n_groups == 16
+    assert learn.JLCM(pack.JLCM2, learn.Settings(n_groups=4)).cfg.n_groups == 4
+
+
 def test_grouping_separates_differently_shaped_rows():
     g = torch.Generator().manual_seed(0)
     gauss = torch.randn(40, 256, generator=g)
