@@ -161,7 +161,20 @@ def perplexity(runner: Runner, model: Path, ev: EvalSettings, base_logits: Path,
 
 def bench(runner: Runner, models: list[Path], threads: int = 2, reps: int = 3, prompt: int = 512,
           gen: int = 128) -> dict[Path, dict]:
-    """pp{prompt} and tg{gen} for all files in one llama-bench run, so they share the machine's state."""
+    """pp{prompt} and tg{gen} for all files in two llama-bench runs, the second in reverse order, each
+    file's figure the mean of its two: the machine's speed may drift during a run (this VM's tg fell by
+    up to a fifth from the first files of a 14-file run to the last), and a drift favours neither end of
+    the list."""
+    passes = [_bench_pass(runner, order, threads, reps, prompt, gen) for order in (models, models[::-1])]
+    out = {}
+    for m in map(Path, models):
+        keys = passes[0][m]
+        out[m] = {k: round(sum(p[m][k] for p in passes) / len(passes), 2) for k in keys}
+        out[m].update({f"{k}_runs": [round(p[m][k], 2) for p in passes] for k in keys})   # forward, reversed
+    return out
+
+
+def _bench_pass(runner: Runner, models: list[Path], threads, reps, prompt, gen) -> dict[Path, dict]:
     args = []
     for m in models:
         args += ["-m", m]
@@ -172,8 +185,22 @@ def bench(runner: Runner, models: list[Path], threads: int = 2, reps: int = 3, p
     result: dict[Path, dict] = {Path(m): {} for m in models}
     for r in rows:
         key = f"pp{prompt}" if r["n_gen"] == 0 else f"tg{gen}"
-        result[Path(r["model_filename"])][key] = round(r["avg_ts"], 2)
+        result[Path(r["model_filename"])][key] = r["avg_ts"]
     return result
+
+
+def remeasure_speeds(runner: Runner, out: Path, dirs: list[Path], threads: int) -> dict:
+    """pp512/tg128 of every row of the JSON at `out` whose file is found in `dirs`, in one bench();
+    the other fields stay as measured."""
+    doc = json.loads(out.read_text())
+    found = {r["name"]: d / r["file"] for r in doc["rows"] for d in dirs if (d / r["file"]).exists()}
+    speeds = bench(runner, list(found.values()), threads=threads)
+    for r in doc["rows"]:
+        if r["name"] in found:
+            r.update(speeds[found[r["name"]]])
+    doc["machine"] = machine_info()
+    doc["commands"] += runner.commands
+    return doc
 
 
 # --- the scoreboard ----------------------------------------------------------------------------
@@ -392,6 +419,8 @@ def add_arguments(p) -> None:
                    help="results JSON; the .png plot and .md table are written beside it "
                         "(default: bench/results/scoreboard.json)")
     p.add_argument("--plot-only", action="store_true", help="redraw the PNG and table from the JSON, measure nothing")
+    p.add_argument("--speed-only", action="store_true",
+                   help="measure pp512/tg128 again for every row of the JSON (all files in one bench), nothing else")
 
 
 def write_views(doc: dict, out: Path) -> None:
@@ -406,6 +435,14 @@ def run(args, argv: list[str]) -> int:
     from . import assets, llama_cpp
     if args.plot_only:
         write_views(json.loads(args.out.read_text()), args.out)
+        return 0
+    if args.speed_only:
+        runner = Runner(llama_cpp.build(quiet=True))
+        f16 = assets.f16_reference()
+        doc = remeasure_speeds(runner, args.out, [f16.parent, cache.cache_dir() / "bench" / "stock"], args.threads)
+        doc["commands"].append(shlex.join(argv))
+        cache.write_json(args.out, doc)
+        write_views(doc, args.out)
         return 0
     for flag in ("model", "calib_text", "eval_text"):
         path = getattr(args, flag)

@@ -70,6 +70,15 @@ def test_bench_command_writes_json_plot_and_table(build, f16, novels, tmp_path):
     assert any("llama-bench" in c for c in doc["commands"])
     assert out.with_suffix(".png").stat().st_size > 10_000
     assert "| Q8_0 | stock |" in out.with_suffix(".md").read_text()
+    assert sum("llama-bench" in c for c in doc["commands"]) == 2      # forward and reversed order
+    # --speed-only measures pp/tg again and keeps the rest of each row
+    r = run_cli("bench", "--speed-only", "--out", out, timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    again = json.loads(out.read_text())["rows"][0]
+    assert again["tg128"] > 0 and len(again["tg128_runs"]) == 2
+    speed = ("pp512", "tg128")
+    assert {k: v for k, v in again.items() if not k.startswith(speed)} == \
+        {k: v for k, v in row.items() if not k.startswith(speed)}
 
 
 def test_bench_refuses_unknown_rows(tmp_path):
