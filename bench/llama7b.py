@@ -3,7 +3,7 @@
 IQ2_XS files of the same shapes in one llama-bench run.
 
     python bench/llama7b.py [--jlcm-from convert|llama-quantize] [--calib-tokens 512] [--device cpu|cuda]
-                            [--convert-only] [--work DIR]
+                            [--convert-only | --prepare-only] [--work DIR]
 
 The weights are random (seeded normal, std 0.02; norms 1): what this measures is size, memory and
 speed, never quality. The tokenizer is Mistral-7B v0.1's SentencePiece model (32000 pieces, the
@@ -89,7 +89,7 @@ def make_model(out: Path, seed: int = 0) -> Path:
 def run_logged(argv: list[str], commands: list[str]) -> tuple[dict, str]:
     commands.append(shlex.join(argv))
     print(f"$ {shlex.join(argv)}", file=sys.stderr, flush=True)
-    return scoreboard.run_measured(argv)
+    return scoreboard.run_measured(argv, echo=True)
 
 
 def convert_jlcm2(model: Path, out: Path, calib_tokens: int, device: str, commands: list[str]) -> dict:
@@ -98,11 +98,16 @@ def convert_jlcm2(model: Path, out: Path, calib_tokens: int, device: str, comman
             "--calib-tokens", str(calib_tokens), "--calib-len", "512", "--outer-steps", "0",
             "--distill-epochs", "0", "--device", device]
     stats, err = run_logged(argv, commands)
-    # tqdm's last "quantizing" line: layers done, elapsed, seconds per layer
-    bars = re.findall(r"quantizing: 100%\|[^|]*\| (\d+)/\d+ \[([0-9:]+)<[^,]*, *([0-9.]+)s/layer", err)
+    # tqdm's last "quantizing" bar: layers done and the stage's elapsed time
+    bars = re.findall(r"quantizing: 100%\|[^|]*\| (\d+)/\d+ \[([0-9:]+)<", err)
     if bars:
-        stats["layers"], stats["layer_stage"], stats["seconds_per_layer"] = int(bars[-1][0]), bars[-1][1], float(bars[-1][2])
+        layers, elapsed = int(bars[-1][0]), bars[-1][1]
+        seconds = sum(int(x) * 60 ** i for i, x in enumerate(reversed(elapsed.split(":"))))
+        stats["layers"], stats["layer_stage_seconds"] = layers, seconds
+        stats["seconds_per_layer"] = round(seconds / layers, 2)
     stats["device"] = device
+    if gpu := re.search(r"peak GPU memory ([0-9.]+) GiB", err):
+        stats["peak_gpu_gib"] = float(gpu.group(1))
     return stats
 
 
@@ -116,12 +121,18 @@ def main() -> int:
                    help="make the JLCM2 file with jlcm-gguf convert (default) or the patched llama-quantize")
     p.add_argument("--stock", default="Q4_0,IQ2_XS", help="stock types to quantize and bench beside it")
     p.add_argument("--convert-only", action="store_true", help="the JLCM2 conversion only (e.g. on a GPU machine)")
+    p.add_argument("--prepare-only", action="store_true",
+                   help="make the model and the pinned converter's F16 file, then stop (ahead of a timed conversion)")
     p.add_argument("--out", type=Path, default=RESULTS / "llama7b.json")
     args = p.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     commands = ["python bench/llama7b.py " + shlex.join(sys.argv[1:])]
     t0 = time.time()
     model = make_model(args.work / "llama2-7b-shaped-random")
+    if args.prepare_only:
+        from jlcm_gguf.convert import reference_gguf
+        print(reference_gguf(model, quiet=False))
+        return 0
     rows = []
     if args.jlcm_from == "convert":
         jlcm = args.work / f"llama7b-JLCM2-{args.device}.gguf"

@@ -98,6 +98,9 @@ def cmd_convert(args) -> int:
         for note in notes:
             print(note)
         print(f"wrote {args.output} in {time.time() - t0:.0f} s")
+        if args.device.startswith("cuda"):
+            import torch
+            print(f"peak GPU memory {torch.cuda.max_memory_allocated() / 2 ** 30:.2f} GiB")
     return 0
 
 

@@ -295,19 +295,30 @@ sys.exit(os.waitstatus_to_exitcode(status) % 256)
 """
 
 
-def run_measured(cmd: list[str]) -> tuple[dict, str]:
+def run_measured(cmd: list[str], echo: bool = False) -> tuple[dict, str]:
     """Run a command: its wall time, its peak RSS, and its stderr. A failure raises with the end
-    of stderr."""
+    of stderr. echo=True also passes the command's stdout and stderr through as they come (a long
+    run's progress bars), and returns both."""
     import tempfile
     t0 = time.time()
     with tempfile.TemporaryDirectory() as tmp:
         peak = Path(tmp) / "peak"
-        r = subprocess.run([sys.executable, "-c", _PEAK_RSS_HELPER, str(peak), *cmd],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, errors="replace")
-        if r.returncode != 0:
-            raise RuntimeError(f"{shlex.join(cmd)} failed:\n{r.stderr[-2000:]}")
+        argv = [sys.executable, "-c", _PEAK_RSS_HELPER, str(peak), *cmd]
+        if echo:
+            chunks = []
+            with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as p:
+                while chunk := p.stdout.read1(4096):
+                    sys.stderr.buffer.write(chunk)
+                    sys.stderr.flush()
+                    chunks.append(chunk)
+            returncode, err = p.returncode, b"".join(chunks).decode(errors="replace")
+        else:
+            r = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, errors="replace")
+            returncode, err = r.returncode, r.stderr
+        if returncode != 0:
+            raise RuntimeError(f"{shlex.join(cmd)} failed:\n{err[-2000:]}")
         rss = int(peak.read_text())
-    return {"quantize_seconds": round(time.time() - t0, 1), "peak_rss_bytes": rss}, r.stderr
+    return {"quantize_seconds": round(time.time() - t0, 1), "peak_rss_bytes": rss}, err
 
 
 def jlcm_entries(runner: Runner, model: Path, work: Path, names) -> list[Entry]:

@@ -1,6 +1,8 @@
 """The scoreboard's measuring code, run for real on a short evaluation (the full board is a benchmark)."""
 import json
 
+import pytest
+
 from conftest import run_cli
 from jlcm_gguf import scoreboard
 
@@ -84,3 +86,15 @@ def test_bench_command_writes_json_plot_and_table(build, f16, novels, tmp_path):
 def test_bench_refuses_unknown_rows(tmp_path):
     r = run_cli("bench", "--jlcm", "JLCM9", "--out", tmp_path / "b.json")
     assert r.returncode == 2 and "--jlcm" in r.stderr and "JLCM9" in r.stderr
+
+
+def test_run_measured_reports_time_rss_and_output(capfd):
+    import sys
+    code = "import sys; b = bytearray(64 << 20); print('out'); print('progress', file=sys.stderr)"
+    stats, err = scoreboard.run_measured([sys.executable, "-c", code])
+    assert err == "progress\n" and stats["peak_rss_bytes"] > 64 << 20
+    stats, both = scoreboard.run_measured([sys.executable, "-c", code], echo=True)
+    assert "out\n" in both and "progress\n" in both
+    assert "progress" in capfd.readouterr().err          # passed through as it came
+    with pytest.raises(RuntimeError, match="boom"):
+        scoreboard.run_measured([sys.executable, "-c", "raise SystemExit('boom')"], echo=True)
