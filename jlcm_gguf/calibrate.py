@@ -106,11 +106,78 @@ def second_moment(x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tenso
     return (x.double().T @ y.double() / x.shape[0]).float()
 
 
-def collect_hessians(stream: LayerStream, layer: torch.nn.Module, hidden: torch.Tensor) -> dict[str, torch.Tensor]:
-    """H = X^T X / n for the input of every linear in the layer (shared inputs computed once)."""
-    xs, _ = capture_inputs(stream, layer, hidden, SHARED_INPUTS)
-    shared = {src: second_moment(x) for src, x in xs.items()}
-    return {lin: shared[src] for src, lins in SHARED_INPUTS.items() for lin in lins}
+class Gram:
+    """H = X^T X / n, as the layer-wise loss uses it. With fewer calibration tokens than input
+    features it keeps F = X / sqrt(n) instead (H = F^T F): the loss tr(D H D^T) = |D F^T|^2 then
+    costs rows * n * cols multiply-adds, not rows * cols^2 -- for a 7B model's ffn_down with 512
+    tokens, 2.3e10 instead of 5.0e11 per evaluation."""
+
+    def __init__(self, h: torch.Tensor | None = None, factor: torch.Tensor | None = None):
+        self.h, self.factor = h, factor
+
+    @classmethod
+    def of(cls, x: torch.Tensor) -> "Gram":
+        n, cols = x.shape
+        return cls(factor=x.float() / n ** 0.5) if n < cols else cls(h=second_moment(x))
+
+    def to(self, device) -> "Gram":
+        return Gram(*(None if t is None else t.to(device) for t in (self.h, self.factor)))
+
+    def full(self) -> torch.Tensor:
+        return self.h if self.h is not None else self.factor.T @ self.factor
+
+    def diag(self) -> torch.Tensor:
+        return torch.diagonal(self.h) if self.h is not None else self.factor.pow(2).sum(0)
+
+    def quad(self, d: torch.Tensor) -> torch.Tensor:
+        """tr(D H D^T)"""
+        return (d @ self.h * d).sum() if self.h is not None else (d @ self.factor.T).pow(2).sum()
+
+    def times(self, d: torch.Tensor) -> torch.Tensor:
+        """D H"""
+        return d @ self.h if self.h is not None else (d @ self.factor.T) @ self.factor
+
+
+class _Moments:
+    """X^T X of one input, accumulated in float64 a batch at a time as the layer runs, so the inputs
+    of all calibration tokens are never held together. X itself is kept only while it has fewer
+    rows than columns (then it may stay the loss's factor, see `Gram`)."""
+
+    def __init__(self):
+        self.xs, self.h, self.n = [], None, 0
+
+    def add(self, x: torch.Tensor) -> None:
+        x = x.reshape(-1, x.shape[-1])
+        self.n += x.shape[0]
+        if self.h is not None:
+            self.h += x.double().T @ x.double()
+            return
+        self.xs.append(x.clone())
+        if self.n >= x.shape[1]:
+            xs = torch.cat(self.xs).double()
+            self.xs, self.h = [], xs.T @ xs
+
+    def gram(self, factored: bool) -> Gram:
+        if self.h is None:
+            x = torch.cat(self.xs)
+            return Gram.of(x) if factored else Gram(second_moment(x))
+        return Gram((self.h / self.n).float())
+
+
+def collect_hessians(stream: LayerStream, layer: torch.nn.Module, hidden: torch.Tensor,
+                     gram: bool = False) -> dict:
+    """H = X^T X / n for the input of every linear in the layer (shared inputs computed once);
+    gram=True gives them as `Gram`s (factored where tokens are fewer than features)."""
+    acc = {src: _Moments() for src in SHARED_INPUTS}
+    hooks = [layer.get_submodule(src).register_forward_pre_hook(lambda _m, args, src=src: acc[src].add(args[0]))
+             for src in SHARED_INPUTS]
+    try:
+        stream.run(layer, hidden)
+    finally:
+        for h in hooks:
+            h.remove()
+    shared = {src: a.gram(factored=gram) for src, a in acc.items()}
+    return {lin: shared[src] if gram else shared[src].full() for src, lins in SHARED_INPUTS.items() for lin in lins}
 
 
 def collect_cross_moments(stream: LayerStream, layer: torch.nn.Module, float_hidden: torch.Tensor,

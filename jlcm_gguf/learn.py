@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from . import pack
+from .calibrate import Gram
 from .codebook import weighted_kmeans_1d, weighted_kmeans_1d_rows
 from .grouping import group_rows
 
@@ -98,9 +99,8 @@ class JLCM:
 
     # -- the loss ----------------------------------------------------------------------------
     @staticmethod
-    def loss(w, w_hat, H):
-        d = w - w_hat
-        return (d @ H * d).sum()
+    def loss(w, w_hat, H: Gram):
+        return H.quad(w - w_hat)
 
     @staticmethod
     def dequant(s, C, groups, idx):
@@ -112,7 +112,7 @@ class JLCM:
     def init(self, w, H):
         rows, cols = w.shape
         groups = group_rows(w, self.cfg.n_groups, self.cfg.seed)
-        imp = torch.diagonal(H).clamp_min(1e-12).expand(rows, cols)
+        imp = H.diag().clamp_min(1e-12).expand(rows, cols)
         blocks = w.view(rows, cols // QK, QK)
         bimp = imp.reshape(rows, cols // QK, QK)
         s = ((blocks.pow(2) * bimp).sum(-1) / bimp.sum(-1)).sqrt().clamp_min(1e-8).reshape(-1)
@@ -133,7 +133,7 @@ class JLCM:
         """Indices chosen column by column, each column's output error pushed onto the columns not yet
         assigned (GPTQ's update through the Cholesky factor of H^-1), with the group codebooks as grid."""
         rows, cols = w.shape
-        H = H.clone()
+        H = H.full().clone()
         dead = torch.diagonal(H) == 0
         H[dead, dead] = 1
         H += damp * torch.diagonal(H).mean() * torch.eye(cols, dtype=H.dtype, device=H.device)
@@ -182,8 +182,8 @@ class JLCM:
         """One index step; rho doubles until the step lowers the loss (or the step is dropped)."""
         w_hat = self.dequant(s, C, groups, idx)
         before = self.loss(w, w_hat, H)
-        g = -2 * (w - w_hat) @ H
-        hdiag = torch.diagonal(H)
+        g = -2 * H.times(w - w_hat)
+        hdiag = H.diag()
         for _ in range(6):
             new = index_step(g, hdiag, s, C, groups, idx, self.cfg.update, rho)
             if self.loss(w, self.dequant(s, C, groups, new), H) < before:
@@ -240,10 +240,10 @@ class JLCM:
         Returns (groups * block columns, K)."""
         G, nb, K = shape
         rows, cols = idx.shape
-        imp = torch.diagonal(H).expand_as(idx)
+        imp = H.diag().expand_as(idx)
         col_block = torch.arange(cols, device=idx.device) // QK
         flat = (groups[:, None] * nb + col_block[None, :]) * K + idx
-        usage = torch.zeros(G * nb * K, dtype=H.dtype, device=H.device)
+        usage = torch.zeros(G * nb * K, dtype=imp.dtype, device=imp.device)
         return usage.index_add_(0, flat.reshape(-1), imp.reshape(-1)).view(G * nb, K)
 
     @staticmethod
@@ -267,9 +267,10 @@ class JLCM:
             best_alpha = torch.where(better, alpha, best_alpha)
         return torch.round(C / best_alpha[:, None]).clamp(qmin, qmax), best_alpha
 
-    def quantize(self, w: torch.Tensor, H: torch.Tensor) -> Result:
+    def quantize(self, w: torch.Tensor, H: torch.Tensor | Gram) -> Result:
+        """H: the input's second moment X^T X / n, as a matrix or a `Gram`."""
         w = w.float()
-        H = H.float()
+        H = H if isinstance(H, Gram) else Gram(H.float())
         cols = w.shape[1]
         if cols % QK:
             raise ValueError(f"{self.qtype.name} needs rows that are a multiple of {QK} wide, got {cols}")

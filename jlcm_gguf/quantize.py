@@ -83,7 +83,7 @@ def quantize_model(hf_dir: Path, calib_text: str, plan: Plan, n_seqs: int = 32, 
             plan.hold(layer, i)
         if any(chosen.values()) and not cross:
             # after hold(): the inputs come through the weights the file holds
-            hess = collect_hessians(stream, layer, hidden)
+            hess = collect_hessians(stream, layer, hidden, gram=True)
         for name, qtype in chosen.items():
             if qtype is None:
                 continue

@@ -243,3 +243,31 @@ def test_float_target_matches_the_float_output_and_is_w_where_paths_agree():
     lstsq = torch.linalg.lstsq(x, xf @ w.T).solution.T
     assert torch.allclose(T, lstsq, atol=1e-4)
     assert (xf @ w.T - x @ T.T).norm() < 0.3 * (xf @ w.T - x @ w.T).norm()
+
+
+def test_factored_gram_matches_the_full_matrix_and_the_codes():
+    """Fewer tokens than features (here 512 inputs of ffn_down, 1536 wide): the loss runs on X, not
+    X^T X, with the same values and codes of the same quality."""
+    from transformers import AutoTokenizer
+    hf = assets.hf_model_dir()
+    stream = calibrate.LayerStream(hf)
+    text = assets.text_file("emma").read_text(encoding="utf-8")
+    hidden = stream.embed(calibrate.calibration_tokens(AutoTokenizer.from_pretrained(hf), text, 4, 128, seed=0))
+    for i in range(2):
+        hidden = stream.run(stream.layer(i), hidden)
+    layer = stream.layer(2)
+    x = calibrate.capture_inputs(stream, layer, hidden, ["mlp.down_proj"])[0]["mlp.down_proj"]
+    assert x.shape == (512, 1536)
+    fac, full = calibrate.Gram.of(x), calibrate.Gram(calibrate.second_moment(x))
+    assert fac.h is None and fac.factor is not None
+    assert calibrate.Gram.of(x[:, :256]).h is not None            # enough tokens: the matrix itself
+    w = layer.mlp.down_proj.weight.data.float()
+    d = w[:64] - w[64:128]
+    torch.testing.assert_close(fac.full(), full.full(), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(fac.diag(), full.diag(), rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(fac.quad(d), full.quad(d), rtol=1e-4, atol=0)
+    torch.testing.assert_close(fac.times(d), full.times(d), rtol=1e-3, atol=1e-6)
+    cfg = learn.Settings(outer_steps=1)
+    a = learn.JLCM(pack.JLCM2, cfg).quantize(w[:128], fac)
+    b = learn.JLCM(pack.JLCM2, cfg).quantize(w[:128], full)
+    assert abs(a.rel_error - b.rel_error) < 0.02 * b.rel_error     # near-ties may round either way
