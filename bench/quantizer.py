@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Quantizer quality: JLCM types and ablations against stock types, all through one torch evaluation.
 
-    python bench/quantizer.py [--rows main,ablation,stock] [--calib-seqs 32] [--chunks 60]
+    python bench/quantizer.py [--rows main,ablation,stock] [--calib-seqs 64] [--chunks 60]
 
 Every row is evaluated by the same code on the same tokens (Pride and Prejudice,
 ctx 512, 60 chunks, second half of each chunk scored): perplexity and KLD
@@ -146,7 +146,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rows", default="stock,main,ablation")
     p.add_argument("--only", default="", help="comma-separated row names to run (default: all in --rows)")
-    p.add_argument("--calib-seqs", type=int, default=32)
+    p.add_argument("--calib-seqs", type=int, default=64)
     p.add_argument("--ctx", type=int, default=512)
     p.add_argument("--chunks", type=int, default=60)
     p.add_argument("--device", default="cpu", help="torch device for the learning (cuda when torch sees a GPU)")
@@ -213,7 +213,7 @@ def main() -> int:
                 sd[k].copy_(w)
             row = {"name": name, "kind": "jlcm", "variant": variant,
                    "bpw_linear": round(linear_bits(rest, down_t, other_t, first_t, n_layers), 4),
-                   "settings": vars(settings), "distill": vars(distill), **stages, "quantize_seconds": round(seconds, 1), "peak_rss_bytes": rss,
+                   "settings": vars(settings), "distill": vars(distill), "calib_seqs": args.calib_seqs, **stages, "quantize_seconds": round(seconds, 1), "peak_rss_bytes": rss,
                    **evaluate.evaluate(m, data, ref)}
             print(row, flush=True)
             write_views(scoreboard.merge_rows(args.out, header, [row]), args.out)
@@ -223,12 +223,14 @@ def main() -> int:
 def write_views(doc: dict, out: Path) -> None:
     """quantizer.png (KLD against bpw) and quantizer.md (the table the README shows)."""
     scoreboard.plot({**doc, "kld_against": "float32"}, out.with_suffix(".png"))
-    lines = ["| row | kind | variant | bpw linear | PPL | KLD | quantize s | peak RSS GB |",
-             "|---|---|---|---:|---:|---:|---:|---:|"]
+    lines = ["| row | kind | variant | calibration | bpw linear | PPL | KLD | quantize s | peak RSS GB |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|"]
     for r in doc["rows"]:
         secs = r.get("quantize_seconds")
         rss = r.get("peak_rss_bytes")
-        lines.append(f"| {r['name']} | {r['kind']} | {r['variant']} | {r['bpw_linear']:.2f} | {r['ppl']:.3f} | "
+        epochs = (r.get("distill") or {}).get("epochs", 0)
+        calib = f"{r['calib_seqs']} seqs" + (f" × {epochs} distill" if epochs else "") if "calib_seqs" in r else "—"
+        lines.append(f"| {r['name']} | {r['kind']} | {r['variant']} | {calib} | {r['bpw_linear']:.2f} | {r['ppl']:.3f} | "
                      f"{r['kld']:.4f} | {'—' if secs is None else f'{secs:.0f}'} | "
                      f"{'—' if rss is None else f'{rss / 2**30:.2f}'} |")
     e = doc["eval"]

@@ -183,7 +183,7 @@ def main(argv=None) -> int:
                                                                  "as for --token-embedding-type")
     s.add_argument("--calib", nargs="+", metavar="FILE", help="calibration text files (default: the calibration "
                                                                "novels Emma, Sense and Sensibility, Mansfield Park)")
-    s.add_argument("--calib-tokens", type=int, default=32 * 512, help="calibration tokens (default 16384)")
+    s.add_argument("--calib-tokens", type=int, default=64 * 512, help="calibration tokens (default 32768)")
     s.add_argument("--calib-len", type=int, default=512, help="tokens per calibration sequence (default 512)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--outer-steps", type=int, default=4, help="rounds of codebook/scale and index learning per "
@@ -191,8 +191,8 @@ def main(argv=None) -> int:
     s.add_argument("--groups", type=int, default=None, help="row groups per linear that learn one codebook together "
                                                             "(0: every row its own; default: 0 for JLCM2, 16 for "
                                                             "JLCM3, which per-row codebooks do not help; docs/METHOD.md)")
-    s.add_argument("--distill-epochs", type=int, default=2, help="epochs of end-to-end distillation of block scales "
-                                                                 "and norms (default 2; 0 skips it)")
+    s.add_argument("--distill-epochs", type=int, default=1, help="epochs of end-to-end distillation of block scales "
+                                                                 "and norms (default 1; 0 skips it)")
     s.add_argument("--device", default="cpu", help="torch device for the learning (e.g. cuda)")
     s.add_argument("--quiet", action="store_true", help="no progress bars or summary")
     s.set_defaults(func=cmd_convert)

@@ -41,7 +41,7 @@ class Options:
     token_embedding_type: str = "Q8_0"
     output_tensor_type: str = "Q8_0"
     calib: list[Path] = field(default_factory=list)                    # default: the calibration novels
-    calib_tokens: int = 32 * 512
+    calib_tokens: int = 64 * 512
     calib_len: int = 512
     seed: int = 0
     outer_steps: int = Settings.outer_steps

@@ -32,7 +32,7 @@ from . import pack
 
 @dataclass
 class DistillSettings:
-    epochs: int = 2
+    epochs: int = 1         # more data beats more epochs: docs/METHOD.md
     lr: float = 3e-3
     batch: int = 1          # sequences a step (activations of the whole model are kept for backward)
 
