@@ -87,16 +87,21 @@ class LayerStream:
         return out
 
 
-def capture_inputs(stream: LayerStream, layer: torch.nn.Module, hidden: torch.Tensor, sources) -> tuple[dict, torch.Tensor]:
-    """Run the layer; return the inputs X (tokens x features) of the `sources` linears, and its output."""
-    xs: dict[str, list] = {src: [] for src in sources}
-    hooks = [layer.get_submodule(src).register_forward_pre_hook(
-        lambda _m, args, src=src: xs[src].append(args[0].reshape(-1, args[0].shape[-1]))) for src in sources]
+def _run_hooked(stream: LayerStream, layer: torch.nn.Module, hidden: torch.Tensor, sources, on_input) -> torch.Tensor:
+    """Run the layer, calling on_input(source, x) with each batch's input x of the `sources` linears."""
+    hooks = [layer.get_submodule(src).register_forward_pre_hook(lambda _m, args, src=src: on_input(src, args[0]))
+             for src in sources]
     try:
-        out = stream.run(layer, hidden)
+        return stream.run(layer, hidden)
     finally:
         for h in hooks:
             h.remove()
+
+
+def capture_inputs(stream: LayerStream, layer: torch.nn.Module, hidden: torch.Tensor, sources) -> tuple[dict, torch.Tensor]:
+    """Run the layer; return the inputs X (tokens x features) of the `sources` linears, and its output."""
+    xs: dict[str, list] = {src: [] for src in sources}
+    out = _run_hooked(stream, layer, hidden, sources, lambda src, x: xs[src].append(x.reshape(-1, x.shape[-1])))
     return {src: torch.cat(v) for src, v in xs.items()}, out
 
 
@@ -169,13 +174,7 @@ def collect_hessians(stream: LayerStream, layer: torch.nn.Module, hidden: torch.
     """H = X^T X / n for the input of every linear in the layer (shared inputs computed once);
     gram=True gives them as `Gram`s (factored where tokens are fewer than features)."""
     acc = {src: _Moments() for src in SHARED_INPUTS}
-    hooks = [layer.get_submodule(src).register_forward_pre_hook(lambda _m, args, src=src: acc[src].add(args[0]))
-             for src in SHARED_INPUTS]
-    try:
-        stream.run(layer, hidden)
-    finally:
-        for h in hooks:
-            h.remove()
+    _run_hooked(stream, layer, hidden, SHARED_INPUTS, lambda src, x: acc[src].add(x))
     shared = {src: a.gram(factored=gram) for src, a in acc.items()}
     return {lin: shared[src] if gram else shared[src].full() for src, lins in SHARED_INPUTS.items() for lin in lins}
 
