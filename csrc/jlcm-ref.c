@@ -117,6 +117,62 @@ void vec_dot_jlcm3_q8_0_ref(int n, float * s, size_t bs, const void * vx, size_t
 }
 
 // ---------------------------------------------------------------------------------------
+// The 8-row interleaved JLCM2 layout (block_jlcm2x8) of ggml's repack path.
+
+static inline int jlcm2x8_index(const block_jlcm2x8 * b, int r, int i) {
+    const int g = i / 4;
+    return (b->qs[32 * (g / 4) + 4 * r + i % 4] >> (2 * (g % 4))) & 3;
+}
+
+int repack_jlcm2x8(block_jlcm2x8 * dst, const block_jlcm2 * src, int64_t nrows, int64_t n) {
+    if (nrows % 8 || n % QK_JLCM) return -1;
+    const int64_t nb = n / QK_JLCM;
+    for (int64_t x = 0; x < nrows / 8; x++) {
+        for (int64_t b = 0; b < nb; b++) {
+            block_jlcm2x8 * o = &dst[x * nb + b];
+            memset(o, 0, sizeof(*o));
+            for (int r = 0; r < 8; r++) {
+                const block_jlcm2 * in = &src[(8 * x + r) * nb + b];
+                o->d[r] = in->d;
+                o->cb[2 * r] = in->cb[0];
+                o->cb[2 * r + 1] = in->cb[1];
+                for (int i = 0; i < QK_JLCM; i++) {
+                    const int g = i / 4;
+                    o->qs[32 * (g / 4) + 4 * r + i % 4] |= (uint8_t)(jlcm2_index(in, i) << (2 * (g % 4)));
+                }
+            }
+        }
+    }
+    return 0;
+}
+
+// Row by row, the sums of row_dot in its order, so the result equals vec_dot_jlcm2_q8_0_ref's.
+void gemv_jlcm2x8_q8_0_ref(int n, float * s, size_t bs, const void * vx, const void * vy, int nr, int nc) {
+    (void)bs; (void)nr;
+    const int nb = n / QK_JLCM;
+    const block_q8_0_jlcm * y = (const block_q8_0_jlcm *)vy;
+    for (int x = 0; x < nc / 8; x++) {
+        const block_jlcm2x8 * blk = (const block_jlcm2x8 *)vx + (size_t)x * nb;
+        for (int r = 0; r < 8; r++) {
+            float sum = 0.0f;
+            for (int b = 0; b < nb; b++) {
+                float half_sums = 0.0f;
+                for (int h = 0; h < 2; h++) {
+                    int32_t isum = 0;
+                    for (int j = 0; j < QK8_0_JLCM; j++) {
+                        const int w = codebook_entry(&blk[b].cb[2 * r], jlcm2x8_index(&blk[b], r, h * QK8_0_JLCM + j));
+                        isum += (int32_t)w * (int32_t)y[2 * b + h].qs[j];
+                    }
+                    half_sums += jlcm_half_to_float(y[2 * b + h].d) * (float)isum;
+                }
+                sum += jlcm_half_to_float(blk[b].d[r]) * half_sums;
+            }
+            s[8 * x + r] = sum;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
 // Data-free reference quantizer: what ggml's from_float / quantize_chunk call (llama-quantize,
 // copies into a JLCM tensor, upstream's tests). jlcm-gguf's learned quantizer (jlcm_gguf/) is
 // the real one; this is per-block weighted 1-D k-means with the codebook on the int4 grid.

@@ -118,6 +118,76 @@ void vec_dot_jlcm3_q8_0_simd(int n, float * s, size_t bs, const void * vx, size_
     *s = hsum8(_mm256_add_ps(acc[0], acc[1]));
 }
 
+// ---------------------------------------------------------------------------------------
+// The repacked layout (block_jlcm2x8): eight rows at once, one int32 lane per row, so no
+// horizontal sums. A 128-bit lane holds four rows' tables (row r's 4 entries at bytes 4r..4r+3)
+// and an index byte adds 4r to pick its row's. Entries stay unsigned (nibble = entry + 8), so
+// maddubs needs no sign trick; sum (u - 8) a = sum u a - 8 sum a, with sum a once per activation
+// block for all rows. Per int16 lane 8 groups add at most 8 * 2 * 15 * 127 < 2^15: no overflow.
+
+// Eight rows' codebooks as two 16-byte tables, rows 0-3 in the low lane, 4-7 in the high one.
+static inline __m256i jlcm2x8_tables(const uint8_t cb[16]) {
+    const __m128i v  = _mm_loadu_si128((const __m128i *)cb);
+    const __m128i m  = _mm_set1_epi8(15);
+    const __m128i lo = _mm_and_si128(v, m);
+    const __m128i hi = _mm_and_si128(_mm_srli_epi16(v, 4), m);
+    return _mm256_set_m128i(_mm_unpackhi_epi8(lo, hi), _mm_unpacklo_epi8(lo, hi));
+}
+
+static inline __m256 jlcm2x8_scales(const jlcm_half d[8]) {
+#if defined(__F16C__)
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)d));
+#else
+    float f[8];
+    for (int r = 0; r < 8; r++) f[r] = jlcm_half_to_float(d[r]);
+    return _mm256_loadu_ps(f);
+#endif
+}
+
+// u * a summed over one activation block (32 weights = groups 8h..8h+7) for the eight rows.
+static inline __m256i jlcm2x8_half(__m256i t, const uint8_t * qs, const int8_t * a) {
+    const __m256i m3   = _mm256_set1_epi8(3);
+    const __m256i rows = _mm256_setr_epi8(0, 0, 0, 0, 4, 4, 4, 4, 8, 8, 8, 8, 12, 12, 12, 12,
+                                          0, 0, 0, 0, 4, 4, 4, 4, 8, 8, 8, 8, 12, 12, 12, 12);
+    __m256i p = _mm256_setzero_si256();
+    for (int m = 0; m < 2; m++) {
+        const __m256i q = _mm256_loadu_si256((const __m256i *)(qs + 32 * m));
+        for (int k = 0; k < 4; k++) {
+            const __m256i idx = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q, 2 * k), m3), rows);
+            int32_t a4;
+            memcpy(&a4, a + 4 * (4 * m + k), 4);
+            p = _mm256_add_epi16(p, _mm256_maddubs_epi16(_mm256_shuffle_epi8(t, idx), _mm256_set1_epi32(a4)));
+        }
+    }
+    return _mm256_madd_epi16(p, _mm256_set1_epi16(1));
+}
+
+void gemv_jlcm2x8_q8_0_simd(int n, float * s, size_t bs, const void * vx, const void * vy, int nr, int nc) {
+    (void)bs; (void)nr;
+    const int nb = n / QK_JLCM;
+    const block_q8_0_jlcm * y = (const block_q8_0_jlcm *)vy;
+    int32_t asum8[2 * nb];
+    for (int b = 0; b < 2 * nb; b++) {
+        int32_t t = 0;
+        for (int j = 0; j < QK8_0_JLCM; j++) t += y[b].qs[j];
+        asum8[b] = 8 * t;
+    }
+    for (int x = 0; x < nc / 8; x++) {
+        const block_jlcm2x8 * blk = (const block_jlcm2x8 *)vx + (size_t)x * nb;
+        __m256 acc = _mm256_setzero_ps();
+        for (int b = 0; b < nb; b++) {
+            const __m256i t  = jlcm2x8_tables(blk[b].cb);
+            const __m256i i0 = _mm256_sub_epi32(jlcm2x8_half(t, blk[b].qs, y[2 * b].qs), _mm256_set1_epi32(asum8[2 * b]));
+            const __m256i i1 = _mm256_sub_epi32(jlcm2x8_half(t, blk[b].qs + 64, y[2 * b + 1].qs),
+                                                _mm256_set1_epi32(asum8[2 * b + 1]));
+            __m256 f = _mm256_mul_ps(half_broadcast(y[2 * b + 1].d), _mm256_cvtepi32_ps(i1));
+            f = _mm256_fmadd_ps(half_broadcast(y[2 * b].d), _mm256_cvtepi32_ps(i0), f);
+            acc = _mm256_fmadd_ps(jlcm2x8_scales(blk[b].d), f, acc);
+        }
+        _mm256_storeu_ps(s + 8 * x, acc);
+    }
+}
+
 const char * jlcm_simd_name(void) { return JLCM_HAVE_SIMD; }
 
 #endif

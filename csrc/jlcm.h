@@ -38,14 +38,27 @@ typedef struct {
     int8_t    qs[QK8_0_JLCM];
 } block_q8_0_jlcm;               // ggml's block_q8_0, byte for byte
 
+// Eight rows' JLCM2 blocks at one column, interleaved for ggml's repack path (the bytes of eight
+// block_jlcm2, rearranged; rows stay JLCM2 blocks in the file). Row r of the eight has scale d[r]
+// and codebook cb[2r], cb[2r+1]. Weights go in groups of 4 (g = 0..15): the index of row r's
+// weight 4g + t sits at bits 2*(g%4) of qs[32*(g/4) + 4r + t], so one 32-byte load and one shift
+// give the indices of group g for all eight rows, 4 consecutive weights per row.
+typedef struct {
+    jlcm_half d[8];
+    uint8_t   cb[16];
+    uint8_t   qs[128];
+} block_jlcm2x8;
+
 #ifdef __cplusplus
 static_assert(sizeof(block_jlcm2) == 20, "wrong jlcm2 block size/padding");
 static_assert(sizeof(block_jlcm3) == 30, "wrong jlcm3 block size/padding");
 static_assert(sizeof(block_q8_0_jlcm) == 34, "wrong q8_0 block size/padding");
+static_assert(sizeof(block_jlcm2x8) == 8 * sizeof(block_jlcm2), "wrong jlcm2x8 block size/padding");
 #else
 _Static_assert(sizeof(block_jlcm2) == 20, "wrong jlcm2 block size/padding");
 _Static_assert(sizeof(block_jlcm3) == 30, "wrong jlcm3 block size/padding");
 _Static_assert(sizeof(block_q8_0_jlcm) == 34, "wrong q8_0 block size/padding");
+_Static_assert(sizeof(block_jlcm2x8) == 8 * sizeof(block_jlcm2), "wrong jlcm2x8 block size/padding");
 #endif
 
 // binary16 <-> binary32; the conversion to binary16 rounds to nearest even, as ggml's does
@@ -79,6 +92,17 @@ void vec_dot_jlcm3_q8_0_ref(int n, float * s, size_t bs, const void * vx, size_t
 // (AVX2 on x86; NEON on aarch64, with the dotprod extension when __ARM_FEATURE_DOTPROD).
 void vec_dot_jlcm2_q8_0_simd(int n, float * s, size_t bs, const void * vx, size_t bx, const void * vy, size_t by, int nrc);
 void vec_dot_jlcm3_q8_0_simd(int n, float * s, size_t bs, const void * vx, size_t bx, const void * vy, size_t by, int nrc);
+
+// The repacked JLCM2 layout (block_jlcm2x8), ggml's repack-path signatures. repack: nrows (a multiple
+// of 8) rows of n weights from row-major blocks; returns 0, or -1 when the shape does not fit.
+// gemv: s[0..nc) = rows 0..nc (nc a multiple of 8) of vx times one Q8_0 row vy, the same sums as
+// vec_dot_jlcm2_q8_0 row by row. gemm: nr (a multiple of 4) activation rows as ggml's block_q8_0x4
+// (4 rows interleaved 8 bytes at a time); s[y * bs + x] for activation row y, weight row x.
+int  repack_jlcm2x8(block_jlcm2x8 * dst, const block_jlcm2 * src, int64_t nrows, int64_t n);
+void gemv_jlcm2x8_q8_0_ref(int n, float * s, size_t bs, const void * vx, const void * vy, int nr, int nc);
+void gemv_jlcm2x8_q8_0_simd(int n, float * s, size_t bs, const void * vx, const void * vy, int nr, int nc);
+void gemv_jlcm2x8_q8_0(int n, float * s, size_t bs, const void * vx, const void * vy, int nr, int nc);
+void gemm_jlcm2x8_q8_0x4(int n, float * s, size_t bs, const void * vx, const void * vy, int nr, int nc);
 
 // Which SIMD path this build holds: "avx2", "neon-dotprod", "neon", or NULL (scalar only).
 const char * jlcm_simd_name(void);

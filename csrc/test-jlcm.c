@@ -98,6 +98,47 @@ static void check_simd_equals_scalar(const type_info * t, int n, int trial) {
     free(y);
 }
 
+// The repacked JLCM2 layout: 16 rows (two groups of eight) through repack + gemv (scalar and the
+// build's fastest) and through gemm with four interleaved activation rows, each equal to the row's
+// vec_dot_jlcm2_q8_0_ref on exact data (the same integers, so only float order could differ).
+static void check_repack(int n, int trial) {
+    enum { ROWS = 16, ACT = 4 };
+    const int nb = n / QK_JLCM, ny = n / 32;
+    block_jlcm2 * x = malloc(sizeof(block_jlcm2) * (size_t)(ROWS * nb));
+    block_jlcm2x8 * packed = malloc(sizeof(block_jlcm2) * (size_t)(ROWS * nb));
+    block_q8_0_jlcm * y = malloc(sizeof(block_q8_0_jlcm) * (size_t)(ACT * ny));
+    typedef struct { jlcm_half d[4]; int8_t qs[128]; } q8_0x4;
+    q8_0x4 * y4 = malloc(sizeof(q8_0x4) * (size_t)ny);
+    float * want = malloc(sizeof(float) * ACT * ROWS), * got = malloc(sizeof(float) * ACT * ROWS);
+    const int e0 = rand_int(-12, -2);
+    for (int b = 0; b < ROWS * nb; b++) {
+        for (size_t j = 2; j < sizeof(block_jlcm2); j++) ((uint8_t *)&x[b])[j] = (uint8_t)next_u64();
+        x[b].d = jlcm_fp32_to_fp16(ldexpf(next_u64() & 1 ? -1.0f : 1.0f, e0 + rand_int(0, 1)));
+    }
+    for (int b = 0; b < ACT * ny; b++) {
+        y[b].d = jlcm_fp32_to_fp16(ldexpf(1.0f, e0 + rand_int(0, 1)));
+        for (int j = 0; j < 32; j++) y[b].qs[j] = (int8_t)rand_int(-127, 127);
+    }
+    for (int b = 0; b < ny; b++) {
+        for (int m = 0; m < ACT; m++) {
+            y4[b].d[m] = y[m * ny + b].d;
+            for (int k = 0; k < 32; k++) y4[b].qs[32 * (k / 8) + 8 * m + k % 8] = y[m * ny + b].qs[k];
+        }
+    }
+    CHECK(repack_jlcm2x8(packed, x, ROWS, n) == 0, "repack n=%d: refused", n);
+    CHECK(repack_jlcm2x8(packed, x, ROWS - 4, n) == -1, "repack n=%d: accepted 12 rows", n);
+    for (int m = 0; m < ACT; m++) {
+        for (int r = 0; r < ROWS; r++) vec_dot_jlcm2_q8_0_ref(n, &want[m * ROWS + r], 0, x + r * nb, 0, y + m * ny, 0, 1);
+    }
+    gemv_jlcm2x8_q8_0_ref(n, got, 0, packed, y, 1, ROWS);
+    for (int r = 0; r < ROWS; r++) CHECK(got[r] == want[r], "gemv ref n=%d trial %d row %d: %.9g != %.9g", n, trial, r, got[r], want[r]);
+    gemv_jlcm2x8_q8_0(n, got, 0, packed, y, 1, ROWS);
+    for (int r = 0; r < ROWS; r++) CHECK(got[r] == want[r], "gemv n=%d trial %d row %d: %.9g != %.9g", n, trial, r, got[r], want[r]);
+    gemm_jlcm2x8_q8_0x4(n, got, ROWS, packed, y4, ACT, ROWS);
+    for (int i = 0; i < ACT * ROWS; i++) CHECK(got[i] == want[i], "gemm n=%d trial %d out %d: %.9g != %.9g", n, trial, i, got[i], want[i]);
+    free(x); free(packed); free(y); free(y4); free(want); free(got);
+}
+
 // Adversarial blocks: extreme codebook entries with extreme activations, every
 // index equal, fp16 scale extremes, zeros. SIMD and scalar within the bound of float64.
 static void check_adversarial(const type_info * t, int n, int kind) {
@@ -186,6 +227,9 @@ int main(int argc, char ** argv) {
             for (int trial = 0; trial < 25; trial++, checks++) check_simd_equals_scalar(&TYPES[ti], ROW_LENGTHS[li], trial);
             for (int kind = 0; kind < 5; kind++, checks++) check_adversarial(&TYPES[ti], ROW_LENGTHS[li], kind);
         }
+    }
+    for (size_t li = 0; li < sizeof(ROW_LENGTHS) / sizeof(ROW_LENGTHS[0]); li++) {
+        for (int trial = 0; trial < 5; trial++, checks++) check_repack(ROW_LENGTHS[li], trial);
     }
     // fp16 conversions: every binary16 survives the round trip
     for (uint32_t h = 0; h < 0x10000; h++) {

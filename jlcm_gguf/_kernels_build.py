@@ -35,6 +35,9 @@ void vec_dot_jlcm3_q8_0_ref(int n, float * s, size_t bs, const void * vx, size_t
 void vec_dot_jlcm2_q8_0_simd(int n, float * s, size_t bs, const void * vx, size_t bx, const void * vy, size_t by, int nrc);
 void vec_dot_jlcm3_q8_0_simd(int n, float * s, size_t bs, const void * vx, size_t bx, const void * vy, size_t by, int nrc);
 const char * jlcm_simd_name(void);
+int  repack_jlcm2x8(void * dst, const block_jlcm2 * src, int64_t nrows, int64_t n);
+void gemv_jlcm2x8_q8_0_ref(int n, float * s, size_t bs, const void * vx, const void * vy, int nr, int nc);
+void gemv_jlcm2x8_q8_0(int n, float * s, size_t bs, const void * vx, const void * vy, int nr, int nc);
 """
 
 
