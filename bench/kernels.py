@@ -6,7 +6,10 @@
 x86: bench/kernels_bench.c, built with the pinned llama.cpp's x86 flags (AVX2,
 FMA, F16C; -O3) and linked to that build's static ggml, times every kernel in
 one process, rounds interleaved: ns per 256 weights (median of 301 rounds, one
-thread, 32 rows of 4096 weights, so the weights sit in L2).
+thread, 32 rows of 4096 weights, so the weights sit in L2). Two rows more time
+the layouts of llama.cpp's repack path, where one gemv call does all 32 rows
+eight at a time: JLCM2X8 (csrc's gemv_jlcm2x8_q8_0) and Q4_0X8 (ggml's
+ggml_gemv_q4_0_8x8_q8_0, the layout the Q4_0 file runs in on this machine).
 
 ARM: the NEON inner loops of csrc/jlcm-arm.c and of the pinned ggml's
 arch/arm/quants.c, compiled with the aarch64 build's flags
@@ -68,7 +71,7 @@ def x86_rows(work: Path, commands: list) -> list[dict]:
     run(cmd)
     commands += [shlex.join(cmd), str(exe)]
     out = json.loads(run([str(exe)]).stdout)
-    return [{"type": k["type"].upper(), "target": "x86-avx2",
+    return [{"type": k["type"].upper(), "target": "x86-avx2", "path": k["path"],
              "cost_per_256": k["ns_per_256"], "p10": k["ns_per_256_p10"], "p90": k["ns_per_256_p90"], "unit": "ns"}
             for k in out["kernels"]]
 
@@ -157,6 +160,9 @@ def ratios(rows: list[dict]) -> list[dict]:
             out.append({"type": t, "target": target,
                         "vs_IQ4_NL": round(cost["IQ4_NL"] / cost[t], 3),     # > 1: faster than IQ4_NL
                         "vs_IQ2_XS": round(cost["IQ2_XS"] / cost[t], 3)})    # bar: >= 2
+        if "JLCM2X8" in cost:      # llama.cpp's repack path: eight rows per pass, both types
+            out.append({"type": "JLCM2X8", "target": target, "vs_Q4_0X8": round(cost["Q4_0X8"] / cost["JLCM2X8"], 3),
+                        "vs_own_vec_dot": round(cost["JLCM2"] / cost["JLCM2X8"], 3)})
     return out
 
 

@@ -16,6 +16,10 @@
 #define ROUNDS    301
 
 typedef void (*vec_dot_fn)(int, float *, size_t, const void *, size_t, const void *, size_t, int);
+typedef void (*gemv_fn)(int, float *, size_t, const void *, const void *, int, int);
+
+// ggml's AVX2 gemv for Q4_0 repacked 8 rows at a time (ggml-cpu/repack.h, C linkage)
+void ggml_gemv_q4_0_8x8_q8_0(int n, float * s, size_t bs, const void * vx, const void * vy, int nr, int nc);
 
 typedef struct {
     const char * name;
@@ -23,6 +27,7 @@ typedef struct {
     void       * w;
     void       * a;
     vec_dot_fn   dot;
+    gemv_fn      gemv;           // set: one call does all ROWS rows (the repacked layouts)
     double       ns[ROUNDS];
 } kernel;
 
@@ -76,6 +81,34 @@ static void setup_jlcm(kernel * k, const char * name, size_t block_bytes, vec_do
     k->dot = dot;
 }
 
+// The repack path's layouts: JLCM2 rows interleaved by repack_jlcm2x8; Q4_0's block_q4_0x8
+// (8 fp16 scales + 128 bytes of nibbles per 8 rows x 32 weights) filled at random, valid scales.
+static void setup_jlcm2x8(kernel * k, const kernel * jlcm2) {
+    k->name = "JLCM2x8";
+    k->row_bytes = jlcm2->row_bytes;
+    k->w = malloc(k->row_bytes * ROWS);
+    repack_jlcm2x8(k->w, jlcm2->w, ROWS, N_PER_ROW);
+    k->a = jlcm2->a;
+    k->gemv = gemv_jlcm2x8_q8_0;
+}
+
+static void setup_q4_0x8(kernel * k, const float * x) {
+    k->name = "Q4_0x8";
+    k->row_bytes = ggml_row_size(GGML_TYPE_Q4_0, N_PER_ROW);
+    uint8_t * w = malloc(k->row_bytes * ROWS);
+    for (size_t i = 0; i < k->row_bytes * ROWS; i++) w[i] = (uint8_t)rand();
+    for (size_t b = 0; b < (size_t)ROWS / 8 * (N_PER_ROW / 32); b++) {
+        for (int r = 0; r < 8; r++) {
+            const ggml_fp16_t d = ggml_fp32_to_fp16(0.01f * (1 + (float)rand() / RAND_MAX));
+            memcpy(w + b * 144 + 2 * r, &d, 2);
+        }
+    }
+    k->w = w;
+    k->a = malloc(ggml_row_size(GGML_TYPE_Q8_0, N_PER_ROW));
+    ggml_get_type_traits_cpu(GGML_TYPE_Q8_0)->from_float(x, k->a, N_PER_ROW);
+    k->gemv = ggml_gemv_q4_0_8x8_q8_0;
+}
+
 static int cmp_double(const void * a, const void * b) {
     const double x = *(const double *)a, y = *(const double *)b;
     return (x > y) - (x < y);
@@ -92,6 +125,8 @@ int main(void) {
     setup_jlcm(&ks[nk++], "JLCM2", sizeof(block_jlcm2), vec_dot_jlcm2_q8_0, x);
     setup_jlcm(&ks[nk++], "JLCM3", sizeof(block_jlcm3), vec_dot_jlcm3_q8_0, x);
     for (int i = 0; i < n_stock; i++) setup_ggml(&ks[nk++], stock[i], w, x);
+    setup_jlcm2x8(&ks[nk++], &ks[0]);
+    setup_q4_0x8(&ks[nk++], x);
 
     volatile float sink = 0;
     for (int round = -20; round < ROUNDS; round++) {      // 20 warm-up rounds
@@ -100,6 +135,12 @@ int main(void) {
             float s, sum = 0;
             const double t0 = now_ns();
             for (int reps = 0; reps < 4; reps++) {
+                if (k->gemv) {
+                    float out[ROWS];
+                    k->gemv(N_PER_ROW, out, 0, k->w, k->a, 1, ROWS);
+                    sum += out[reps];
+                    continue;
+                }
                 for (int r = 0; r < ROWS; r++) {
                     k->dot(N_PER_ROW, &s, 0, (const char *)k->w + r * k->row_bytes, 0, k->a, 0, 1);
                     sum += s;
@@ -114,8 +155,8 @@ int main(void) {
            jlcm_simd_name() ? jlcm_simd_name() : "none");
     for (int j = 0; j < nk; j++) {
         qsort(ks[j].ns, ROUNDS, sizeof(double), cmp_double);
-        printf("%s{\"type\": \"%s\", \"ns_per_256\": %.3f, \"ns_per_256_p10\": %.3f, \"ns_per_256_p90\": %.3f}",
-               j ? ", " : "", ks[j].name, ks[j].ns[ROUNDS / 2], ks[j].ns[ROUNDS / 10], ks[j].ns[ROUNDS * 9 / 10]);
+        printf("%s{\"type\": \"%s\", \"path\": \"%s\", \"ns_per_256\": %.3f, \"ns_per_256_p10\": %.3f, \"ns_per_256_p90\": %.3f}",
+               j ? ", " : "", ks[j].name, ks[j].gemv ? "gemv" : "vec_dot", ks[j].ns[ROUNDS / 2], ks[j].ns[ROUNDS / 10], ks[j].ns[ROUNDS * 9 / 10]);
     }
     printf("]}\n");
     (void)sink;
