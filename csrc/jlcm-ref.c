@@ -172,6 +172,68 @@ void gemv_jlcm2x8_q8_0_ref(int n, float * s, size_t bs, const void * vx, const v
     }
 }
 
+// Where row r's weight i sits in block_jlcm3x8: index vector v, byte j (see jlcm.h).
+static inline void jlcm3x8_position(int r, int i, int * v, int * j) {
+    const int p = (r % 4) / 2, s = r % 2, lane = r / 4;
+    *v = 2 * (i / 8) + p;
+    *j = 16 * lane + 8 * s + i % 8;
+}
+
+static inline int jlcm3x8_index(const block_jlcm3x8 * b, int r, int i) {
+    int v, j;
+    jlcm3x8_position(r, i, &v, &j);
+    return ((b->qs[32 * (v / 4) + j] >> (2 * (v % 4))) & 3) | (((b->qh[32 * (v / 8) + j] >> (v % 8)) & 1) << 2);
+}
+
+int repack_jlcm3x8(block_jlcm3x8 * dst, const block_jlcm3 * src, int64_t nrows, int64_t n) {
+    if (nrows % 8 || n % QK_JLCM) return -1;
+    const int64_t nb = n / QK_JLCM;
+    for (int64_t x = 0; x < nrows / 8; x++) {
+        for (int64_t b = 0; b < nb; b++) {
+            block_jlcm3x8 * o = &dst[x * nb + b];
+            memset(o, 0, sizeof(*o));
+            for (int r = 0; r < 8; r++) {
+                const block_jlcm3 * in = &src[(8 * x + r) * nb + b];
+                o->d[r] = in->d;
+                memcpy(&o->cb[4 * r], in->cb, 4);
+                for (int i = 0; i < QK_JLCM; i++) {
+                    int v, j;
+                    jlcm3x8_position(r, i, &v, &j);
+                    const int idx = jlcm3_index(in, i);
+                    o->qs[32 * (v / 4) + j] |= (uint8_t)((idx & 3) << (2 * (v % 4)));
+                    o->qh[32 * (v / 8) + j] |= (uint8_t)((idx >> 2) << (v % 8));
+                }
+            }
+        }
+    }
+    return 0;
+}
+
+void gemv_jlcm3x8_q8_0_ref(int n, float * s, size_t bs, const void * vx, const void * vy, int nr, int nc) {
+    (void)bs; (void)nr;
+    const int nb = n / QK_JLCM;
+    const block_q8_0_jlcm * y = (const block_q8_0_jlcm *)vy;
+    for (int x = 0; x < nc / 8; x++) {
+        const block_jlcm3x8 * blk = (const block_jlcm3x8 *)vx + (size_t)x * nb;
+        for (int r = 0; r < 8; r++) {
+            float sum = 0.0f;
+            for (int b = 0; b < nb; b++) {
+                float half_sums = 0.0f;
+                for (int h = 0; h < 2; h++) {
+                    int32_t isum = 0;
+                    for (int j = 0; j < QK8_0_JLCM; j++) {
+                        const int w = codebook_entry(&blk[b].cb[4 * r], jlcm3x8_index(&blk[b], r, h * QK8_0_JLCM + j));
+                        isum += (int32_t)w * (int32_t)y[2 * b + h].qs[j];
+                    }
+                    half_sums += jlcm_half_to_float(y[2 * b + h].d) * (float)isum;
+                }
+                sum += jlcm_half_to_float(blk[b].d[r]) * half_sums;
+            }
+            s[8 * x + r] = sum;
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Data-free reference quantizer: what ggml's from_float / quantize_chunk call (llama-quantize,
 // copies into a JLCM tensor, upstream's tests). jlcm-gguf's learned quantizer (jlcm_gguf/) is

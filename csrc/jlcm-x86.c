@@ -150,6 +150,11 @@ static inline __m256i jlcm2x8_half(__m256i t, const uint8_t * qs, const int8_t *
     const __m256i rows = _mm256_setr_epi8(0, 0, 0, 0, 4, 4, 4, 4, 8, 8, 8, 8, 12, 12, 12, 12,
                                           0, 0, 0, 0, 4, 4, 4, 4, 8, 8, 8, 8, 12, 12, 12, 12);
     __m256i p = _mm256_setzero_si256();
+#if defined(__clang__)
+#pragma unroll
+#elif defined(__GNUC__)
+#pragma GCC unroll 2
+#endif
     for (int m = 0; m < 2; m++) {
         const __m256i q = _mm256_loadu_si256((const __m256i *)(qs + 32 * m));
         for (int k = 0; k < 4; k++) {
@@ -162,27 +167,99 @@ static inline __m256i jlcm2x8_half(__m256i t, const uint8_t * qs, const int8_t *
     return _mm256_madd_epi16(p, _mm256_set1_epi16(1));
 }
 
+// 8 * the sum of each activation block's int8 values: the unsigned entries' offset, for all rows.
+static void activation_sums8(const block_q8_0_jlcm * y, int nblocks, int32_t * out) {
+    for (int b = 0; b < nblocks; b++) {
+        int32_t t = 0;
+        for (int j = 0; j < QK8_0_JLCM; j++) t += y[b].qs[j];
+        out[b] = 8 * t;
+    }
+}
+
+// acc (one lane per row) += d_row * (d_y0 * (sums0 - 8 sum a_0) + d_y1 * (sums1 - 8 sum a_1))
+static inline __m256 jlcm_x8_accumulate(__m256 acc, __m256i sums0, __m256i sums1, const int32_t * asum8,
+                                        const block_q8_0_jlcm * y, const jlcm_half d[8]) {
+    const __m256i i0 = _mm256_sub_epi32(sums0, _mm256_set1_epi32(asum8[0]));
+    const __m256i i1 = _mm256_sub_epi32(sums1, _mm256_set1_epi32(asum8[1]));
+    __m256 f = _mm256_mul_ps(half_broadcast(y[1].d), _mm256_cvtepi32_ps(i1));
+    f = _mm256_fmadd_ps(half_broadcast(y[0].d), _mm256_cvtepi32_ps(i0), f);
+    return _mm256_fmadd_ps(jlcm2x8_scales(d), f, acc);
+}
+
 void gemv_jlcm2x8_q8_0_simd(int n, float * s, size_t bs, const void * vx, const void * vy, int nr, int nc) {
     (void)bs; (void)nr;
     const int nb = n / QK_JLCM;
     const block_q8_0_jlcm * y = (const block_q8_0_jlcm *)vy;
     int32_t asum8[2 * nb];
-    for (int b = 0; b < 2 * nb; b++) {
-        int32_t t = 0;
-        for (int j = 0; j < QK8_0_JLCM; j++) t += y[b].qs[j];
-        asum8[b] = 8 * t;
-    }
+    activation_sums8(y, 2 * nb, asum8);
     for (int x = 0; x < nc / 8; x++) {
         const block_jlcm2x8 * blk = (const block_jlcm2x8 *)vx + (size_t)x * nb;
         __m256 acc = _mm256_setzero_ps();
         for (int b = 0; b < nb; b++) {
-            const __m256i t  = jlcm2x8_tables(blk[b].cb);
-            const __m256i i0 = _mm256_sub_epi32(jlcm2x8_half(t, blk[b].qs, y[2 * b].qs), _mm256_set1_epi32(asum8[2 * b]));
-            const __m256i i1 = _mm256_sub_epi32(jlcm2x8_half(t, blk[b].qs + 64, y[2 * b + 1].qs),
-                                                _mm256_set1_epi32(asum8[2 * b + 1]));
-            __m256 f = _mm256_mul_ps(half_broadcast(y[2 * b + 1].d), _mm256_cvtepi32_ps(i1));
-            f = _mm256_fmadd_ps(half_broadcast(y[2 * b].d), _mm256_cvtepi32_ps(i0), f);
-            acc = _mm256_fmadd_ps(jlcm2x8_scales(blk[b].d), f, acc);
+            const __m256i t = jlcm2x8_tables(blk[b].cb);
+            acc = jlcm_x8_accumulate(acc, jlcm2x8_half(t, blk[b].qs, y[2 * b].qs),
+                                     jlcm2x8_half(t, blk[b].qs + 64, y[2 * b + 1].qs), &asum8[2 * b], &y[2 * b], blk[b].d);
+        }
+        _mm256_storeu_ps(s + 8 * x, acc);
+    }
+}
+
+// JLCM3 (block_jlcm3x8): a 128-bit lane's table holds two rows' 8 entries (bytes 0-7, 8-15), so a
+// pass takes four rows (row set p) and 8 weights of each, and an index byte adds 8 for its lane's
+// second row. Each row owns two int32 lanes per row set; one hadd per half puts the eight rows in order.
+static inline void jlcm3x8_tables(const uint8_t cb[32], __m256i * t0, __m256i * t1) {
+    const __m256i v  = _mm256_loadu_si256((const __m256i *)cb);
+    const __m256i m  = _mm256_set1_epi8(15);
+    const __m256i lo = _mm256_and_si256(v, m);
+    const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m);
+    *t0 = _mm256_unpacklo_epi8(lo, hi);      // rows 0, 1 | 4, 5
+    *t1 = _mm256_unpackhi_epi8(lo, hi);      // rows 2, 3 | 6, 7
+}
+
+// Index vectors v = 8h .. 8h+7 of one half: low bits in the half's 64 bytes of qs (bits 2(v%4) of
+// vector v%8/4), high bit v%8 of the half's 32 bytes of qh, moved to bit 2.
+static inline __m256i jlcm3x8_half(__m256i t0, __m256i t1, const uint8_t * qs, const uint8_t * qh, const int8_t * a) {
+    const __m256i m3   = _mm256_set1_epi8(3);
+    const __m256i m4   = _mm256_set1_epi8(4);
+    const __m256i rows = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 8, 8, 8, 8, 8, 8, 8, 8,
+                                          0, 0, 0, 0, 0, 0, 0, 0, 8, 8, 8, 8, 8, 8, 8, 8);
+    const __m256i h = _mm256_loadu_si256((const __m256i *)qh);
+    __m256i acc[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
+    // unrolled: every shift count is then an immediate, and acc[k % 2] a register
+#if defined(__clang__)
+#pragma unroll
+#elif defined(__GNUC__)
+#pragma GCC unroll 8
+#endif
+    for (int k = 0; k < 8; k++) {
+        const __m256i q  = _mm256_loadu_si256((const __m256i *)(qs + 32 * (k / 4)));
+        const __m256i lo = _mm256_and_si256(_mm256_srli_epi16(q, 2 * (k % 4)), m3);
+        const __m256i hs = k < 2 ? _mm256_slli_epi16(h, 2 - k) : _mm256_srli_epi16(h, k - 2);
+        const __m256i idx = _mm256_or_si256(_mm256_or_si256(lo, _mm256_and_si256(hs, m4)), rows);
+        int64_t a8;
+        memcpy(&a8, a + 8 * (k / 2), 8);
+        const __m256i w = _mm256_shuffle_epi8(k % 2 ? t1 : t0, idx);
+        acc[k % 2] = _mm256_add_epi16(acc[k % 2], _mm256_maddubs_epi16(w, _mm256_set1_epi64x(a8)));
+    }
+    const __m256i ones = _mm256_set1_epi16(1);
+    return _mm256_hadd_epi32(_mm256_madd_epi16(acc[0], ones), _mm256_madd_epi16(acc[1], ones));
+}
+
+void gemv_jlcm3x8_q8_0_simd(int n, float * s, size_t bs, const void * vx, const void * vy, int nr, int nc) {
+    (void)bs; (void)nr;
+    const int nb = n / QK_JLCM;
+    const block_q8_0_jlcm * y = (const block_q8_0_jlcm *)vy;
+    int32_t asum8[2 * nb];
+    activation_sums8(y, 2 * nb, asum8);
+    for (int x = 0; x < nc / 8; x++) {
+        const block_jlcm3x8 * blk = (const block_jlcm3x8 *)vx + (size_t)x * nb;
+        __m256 acc = _mm256_setzero_ps();
+        for (int b = 0; b < nb; b++) {
+            __m256i t0, t1;
+            jlcm3x8_tables(blk[b].cb, &t0, &t1);
+            acc = jlcm_x8_accumulate(acc, jlcm3x8_half(t0, t1, blk[b].qs, blk[b].qh, y[2 * b].qs),
+                                     jlcm3x8_half(t0, t1, blk[b].qs + 64, blk[b].qh + 32, y[2 * b + 1].qs),
+                                     &asum8[2 * b], &y[2 * b], blk[b].d);
         }
         _mm256_storeu_ps(s + 8 * x, acc);
     }

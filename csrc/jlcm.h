@@ -49,16 +49,31 @@ typedef struct {
     uint8_t   qs[128];
 } block_jlcm2x8;
 
+// Eight rows' JLCM3 blocks, interleaved likewise. Row r: scale d[r], codebook cb[4r..4r+3]. An
+// 8-entry table fills half a 128-bit lane, so a pass takes four rows and 8 consecutive weights
+// each: index vector v = 0..15 holds row set p = v % 2 (rows 2p, 2p+1, 4+2p, 5+2p) and weights
+// 8(v/2)..8(v/2)+7; its byte j is row 4(j/16) + 2p + (j%16)/8, weight 8(v/2) + j%8. That byte's
+// index has its low 2 bits at bits 2(v%4) of qs[32(v/4) + j] and its high bit at bit v%8 of
+// qh[32(v/8) + j].
+typedef struct {
+    jlcm_half d[8];
+    uint8_t   cb[32];
+    uint8_t   qs[128];
+    uint8_t   qh[64];
+} block_jlcm3x8;
+
 #ifdef __cplusplus
 static_assert(sizeof(block_jlcm2) == 20, "wrong jlcm2 block size/padding");
 static_assert(sizeof(block_jlcm3) == 30, "wrong jlcm3 block size/padding");
 static_assert(sizeof(block_q8_0_jlcm) == 34, "wrong q8_0 block size/padding");
 static_assert(sizeof(block_jlcm2x8) == 8 * sizeof(block_jlcm2), "wrong jlcm2x8 block size/padding");
+static_assert(sizeof(block_jlcm3x8) == 8 * sizeof(block_jlcm3), "wrong jlcm3x8 block size/padding");
 #else
 _Static_assert(sizeof(block_jlcm2) == 20, "wrong jlcm2 block size/padding");
 _Static_assert(sizeof(block_jlcm3) == 30, "wrong jlcm3 block size/padding");
 _Static_assert(sizeof(block_q8_0_jlcm) == 34, "wrong q8_0 block size/padding");
 _Static_assert(sizeof(block_jlcm2x8) == 8 * sizeof(block_jlcm2), "wrong jlcm2x8 block size/padding");
+_Static_assert(sizeof(block_jlcm3x8) == 8 * sizeof(block_jlcm3), "wrong jlcm3x8 block size/padding");
 #endif
 
 // binary16 <-> binary32; the conversion to binary16 rounds to nearest even, as ggml's does
@@ -103,6 +118,12 @@ void gemv_jlcm2x8_q8_0_ref(int n, float * s, size_t bs, const void * vx, const v
 void gemv_jlcm2x8_q8_0_simd(int n, float * s, size_t bs, const void * vx, const void * vy, int nr, int nc);
 void gemv_jlcm2x8_q8_0(int n, float * s, size_t bs, const void * vx, const void * vy, int nr, int nc);
 void gemm_jlcm2x8_q8_0x4(int n, float * s, size_t bs, const void * vx, const void * vy, int nr, int nc);
+// The same for JLCM3 (block_jlcm3x8).
+int  repack_jlcm3x8(block_jlcm3x8 * dst, const block_jlcm3 * src, int64_t nrows, int64_t n);
+void gemv_jlcm3x8_q8_0_ref(int n, float * s, size_t bs, const void * vx, const void * vy, int nr, int nc);
+void gemv_jlcm3x8_q8_0_simd(int n, float * s, size_t bs, const void * vx, const void * vy, int nr, int nc);
+void gemv_jlcm3x8_q8_0(int n, float * s, size_t bs, const void * vx, const void * vy, int nr, int nc);
+void gemm_jlcm3x8_q8_0x4(int n, float * s, size_t bs, const void * vx, const void * vy, int nr, int nc);
 
 // Which SIMD path this build holds: "avx2", "neon-dotprod", "neon", or NULL (scalar only).
 const char * jlcm_simd_name(void);

@@ -98,22 +98,42 @@ static void check_simd_equals_scalar(const type_info * t, int n, int trial) {
     free(y);
 }
 
-// The repacked JLCM2 layout: 16 rows (two groups of eight) through repack + gemv (scalar and the
-// build's fastest) and through gemm with four interleaved activation rows, each equal to the row's
-// vec_dot_jlcm2_q8_0_ref on exact data (the same integers, so only float order could differ).
-static void check_repack(int n, int trial) {
+// The repacked layouts (block_jlcm2x8, block_jlcm3x8): 16 rows (two groups of eight) through
+// repack + gemv (scalar and the build's fastest) and through gemm with four interleaved activation
+// rows, each equal to the row's vec_dot reference on exact data (the same integers, so only float
+// order could differ, and on exact data it cannot).
+typedef struct {
+    const type_info * t;
+    int  (*repack)(void *, const void *, int64_t, int64_t);
+    void (*gemv_ref)(int, float *, size_t, const void *, const void *, int, int);
+    void (*gemv)(int, float *, size_t, const void *, const void *, int, int);
+    void (*gemm)(int, float *, size_t, const void *, const void *, int, int);
+} repack_info;
+
+static int repack2(void * d, const void * s, int64_t r, int64_t n) { return repack_jlcm2x8(d, s, r, n); }
+static int repack3(void * d, const void * s, int64_t r, int64_t n) { return repack_jlcm3x8(d, s, r, n); }
+
+static const repack_info REPACKS[2] = {
+    {&TYPES[0], repack2, gemv_jlcm2x8_q8_0_ref, gemv_jlcm2x8_q8_0, gemm_jlcm2x8_q8_0x4},
+    {&TYPES[1], repack3, gemv_jlcm3x8_q8_0_ref, gemv_jlcm3x8_q8_0, gemm_jlcm3x8_q8_0x4},
+};
+
+static void check_repack(const repack_info * ri, int n, int trial) {
     enum { ROWS = 16, ACT = 4 };
+    const type_info * t = ri->t;
     const int nb = n / QK_JLCM, ny = n / 32;
-    block_jlcm2 * x = malloc(sizeof(block_jlcm2) * (size_t)(ROWS * nb));
-    block_jlcm2x8 * packed = malloc(sizeof(block_jlcm2) * (size_t)(ROWS * nb));
+    const size_t row_bytes = (size_t)nb * t->type_size;
+    uint8_t * x = malloc(row_bytes * ROWS), * packed = malloc(row_bytes * ROWS);
     block_q8_0_jlcm * y = malloc(sizeof(block_q8_0_jlcm) * (size_t)(ACT * ny));
     typedef struct { jlcm_half d[4]; int8_t qs[128]; } q8_0x4;
     q8_0x4 * y4 = malloc(sizeof(q8_0x4) * (size_t)ny);
     float * want = malloc(sizeof(float) * ACT * ROWS), * got = malloc(sizeof(float) * ACT * ROWS);
     const int e0 = rand_int(-12, -2);
     for (int b = 0; b < ROWS * nb; b++) {
-        for (size_t j = 2; j < sizeof(block_jlcm2); j++) ((uint8_t *)&x[b])[j] = (uint8_t)next_u64();
-        x[b].d = jlcm_fp32_to_fp16(ldexpf(next_u64() & 1 ? -1.0f : 1.0f, e0 + rand_int(0, 1)));
+        uint8_t * blk = x + (size_t)b * t->type_size;
+        for (int j = 2; j < t->type_size; j++) blk[j] = (uint8_t)next_u64();
+        const jlcm_half d = jlcm_fp32_to_fp16(ldexpf(next_u64() & 1 ? -1.0f : 1.0f, e0 + rand_int(0, 1)));
+        memcpy(blk, &d, 2);
     }
     for (int b = 0; b < ACT * ny; b++) {
         y[b].d = jlcm_fp32_to_fp16(ldexpf(1.0f, e0 + rand_int(0, 1)));
@@ -125,17 +145,17 @@ static void check_repack(int n, int trial) {
             for (int k = 0; k < 32; k++) y4[b].qs[32 * (k / 8) + 8 * m + k % 8] = y[m * ny + b].qs[k];
         }
     }
-    CHECK(repack_jlcm2x8(packed, x, ROWS, n) == 0, "repack n=%d: refused", n);
-    CHECK(repack_jlcm2x8(packed, x, ROWS - 4, n) == -1, "repack n=%d: accepted 12 rows", n);
+    CHECK(ri->repack(packed, x, ROWS, n) == 0, "%s repack n=%d: refused", t->name, n);
+    CHECK(ri->repack(packed, x, ROWS - 4, n) == -1, "%s repack n=%d: accepted 12 rows", t->name, n);
     for (int m = 0; m < ACT; m++) {
-        for (int r = 0; r < ROWS; r++) vec_dot_jlcm2_q8_0_ref(n, &want[m * ROWS + r], 0, x + r * nb, 0, y + m * ny, 0, 1);
+        for (int r = 0; r < ROWS; r++) t->ref(n, &want[m * ROWS + r], 0, x + r * row_bytes, 0, y + m * ny, 0, 1);
     }
-    gemv_jlcm2x8_q8_0_ref(n, got, 0, packed, y, 1, ROWS);
-    for (int r = 0; r < ROWS; r++) CHECK(got[r] == want[r], "gemv ref n=%d trial %d row %d: %.9g != %.9g", n, trial, r, got[r], want[r]);
-    gemv_jlcm2x8_q8_0(n, got, 0, packed, y, 1, ROWS);
-    for (int r = 0; r < ROWS; r++) CHECK(got[r] == want[r], "gemv n=%d trial %d row %d: %.9g != %.9g", n, trial, r, got[r], want[r]);
-    gemm_jlcm2x8_q8_0x4(n, got, ROWS, packed, y4, ACT, ROWS);
-    for (int i = 0; i < ACT * ROWS; i++) CHECK(got[i] == want[i], "gemm n=%d trial %d out %d: %.9g != %.9g", n, trial, i, got[i], want[i]);
+    ri->gemv_ref(n, got, 0, packed, y, 1, ROWS);
+    for (int r = 0; r < ROWS; r++) CHECK(got[r] == want[r], "%s gemv ref n=%d trial %d row %d: %.9g != %.9g", t->name, n, trial, r, got[r], want[r]);
+    ri->gemv(n, got, 0, packed, y, 1, ROWS);
+    for (int r = 0; r < ROWS; r++) CHECK(got[r] == want[r], "%s gemv n=%d trial %d row %d: %.9g != %.9g", t->name, n, trial, r, got[r], want[r]);
+    ri->gemm(n, got, ROWS, packed, y4, ACT, ROWS);
+    for (int i = 0; i < ACT * ROWS; i++) CHECK(got[i] == want[i], "%s gemm n=%d trial %d out %d: %.9g != %.9g", t->name, n, trial, i, got[i], want[i]);
     free(x); free(packed); free(y); free(y4); free(want); free(got);
 }
 
@@ -229,7 +249,9 @@ int main(int argc, char ** argv) {
         }
     }
     for (size_t li = 0; li < sizeof(ROW_LENGTHS) / sizeof(ROW_LENGTHS[0]); li++) {
-        for (int trial = 0; trial < 5; trial++, checks++) check_repack(ROW_LENGTHS[li], trial);
+        for (int ri = 0; ri < 2; ri++) {
+            for (int trial = 0; trial < 5; trial++, checks++) check_repack(&REPACKS[ri], ROW_LENGTHS[li], trial);
+        }
     }
     // fp16 conversions: every binary16 survives the round trip
     for (uint32_t h = 0; h < 0x10000; h++) {

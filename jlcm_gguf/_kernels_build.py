@@ -38,6 +38,9 @@ const char * jlcm_simd_name(void);
 int  repack_jlcm2x8(void * dst, const block_jlcm2 * src, int64_t nrows, int64_t n);
 void gemv_jlcm2x8_q8_0_ref(int n, float * s, size_t bs, const void * vx, const void * vy, int nr, int nc);
 void gemv_jlcm2x8_q8_0(int n, float * s, size_t bs, const void * vx, const void * vy, int nr, int nc);
+int  repack_jlcm3x8(void * dst, const block_jlcm3 * src, int64_t nrows, int64_t n);
+void gemv_jlcm3x8_q8_0_ref(int n, float * s, size_t bs, const void * vx, const void * vy, int nr, int nc);
+void gemv_jlcm3x8_q8_0(int n, float * s, size_t bs, const void * vx, const void * vy, int nr, int nc);
 """
 
 

@@ -5,8 +5,8 @@
     quantize(qtype, x, imatrix=None)     -> JLCM blocks by the data-free reference quantizer
                                             (what llama.cpp's from_float / llama-quantize use)
     vec_dot(qtype, blocks, q8, impl=...) -> float: one row of JLCM blocks against Q8_0 activations
-    repack_jlcm2x8(blocks)               -> JLCM2 rows as llama.cpp's repack path holds them (x86)
-    gemv_jlcm2x8(packed, q8, impl=...)   -> float32 per row: the repacked rows against Q8_0 activations
+    repack_x8(qtype, blocks)             -> rows as llama.cpp's repack path holds them (x86, AVX2)
+    gemv_x8(qtype, packed, q8, impl=...) -> float32 per row: the repacked rows against Q8_0 activations
 
 impl="simd" (default: the compiled SIMD path, `simd_name()`; the reference where
 there is none) or "scalar" (the reference), so tests can compare the two.
@@ -97,29 +97,35 @@ def vec_dot(qtype: pack.JLCMType, blocks, q8, impl: str = "simd") -> float:
     return float(s[0])
 
 
-def repack_jlcm2x8(blocks) -> np.ndarray:
-    """JLCM2 blocks (rows, row bytes), rows a multiple of 8 -> the same bytes interleaved eight rows at a
-    time (block_jlcm2x8), as llama.cpp's repack path holds the tensor on x86 with AVX2."""
+
+_REPACK = {"JLCM2": lib.repack_jlcm2x8, "JLCM3": lib.repack_jlcm3x8}
+_GEMV = {("JLCM2", "scalar"): lib.gemv_jlcm2x8_q8_0_ref, ("JLCM2", "simd"): lib.gemv_jlcm2x8_q8_0,
+         ("JLCM3", "scalar"): lib.gemv_jlcm3x8_q8_0_ref, ("JLCM3", "simd"): lib.gemv_jlcm3x8_q8_0}
+
+
+def repack_x8(qtype: pack.JLCMType, blocks) -> np.ndarray:
+    """JLCM blocks (rows, row bytes), rows a multiple of 8 -> the same bytes interleaved eight rows at a
+    time (block_jlcm2x8 / block_jlcm3x8), as llama.cpp's repack path holds the tensor on x86 with AVX2."""
     b = np.ascontiguousarray(blocks, dtype=np.uint8)
-    if b.ndim != 2 or b.shape[1] % pack.JLCM2.type_size:
-        raise ValueError(f"JLCM2: need (rows, row bytes) of whole blocks, got shape {b.shape}")
-    rows, n = b.shape[0], b.shape[1] // pack.JLCM2.type_size * pack.QK
+    if b.ndim != 2 or b.shape[1] % qtype.type_size:
+        raise ValueError(f"{qtype.name}: need (rows, row bytes) of whole blocks, got shape {b.shape}")
+    rows, n = b.shape[0], b.shape[1] // qtype.type_size * pack.QK
     out = np.empty_like(b)
-    if lib.repack_jlcm2x8(ffi.from_buffer(out), ffi.cast("block_jlcm2 *", ffi.from_buffer(b)), rows, n):
-        raise ValueError(f"JLCM2 repack: {rows} rows is not a multiple of 8")
+    src = ffi.cast(f"block_{qtype.name.lower()} *", ffi.from_buffer(b))
+    if _REPACK[qtype.name](ffi.from_buffer(out), src, rows, n):
+        raise ValueError(f"{qtype.name} repack: {rows} rows is not a multiple of 8")
     return out
 
 
-def gemv_jlcm2x8(packed, q8, impl: str = "simd") -> np.ndarray:
-    """Every row of a repacked JLCM2 matrix (repack_jlcm2x8's output) times one row of Q8_0 activations."""
+def gemv_x8(qtype: pack.JLCMType, packed, q8, impl: str = "simd") -> np.ndarray:
+    """Every row of a repacked matrix (repack_x8's output) times one row of Q8_0 activations."""
     if impl not in ("simd", "scalar"):
         raise ValueError(f"impl must be 'simd' or 'scalar', got {impl!r}")
     x = np.ascontiguousarray(packed, dtype=np.uint8)
     y = np.ascontiguousarray(q8, dtype=np.uint8).reshape(-1)
-    rows, n = x.shape[0], x.shape[1] // pack.JLCM2.type_size * pack.QK
+    rows, n = x.shape[0], x.shape[1] // qtype.type_size * pack.QK
     if y.size != n // Q8_0_BLOCK * Q8_0_BYTES:
         raise ValueError(f"{n} weights need {n // Q8_0_BLOCK * Q8_0_BYTES} bytes of Q8_0, got {y.size}")
     out = np.empty(rows, dtype=np.float32)
-    fn = lib.gemv_jlcm2x8_q8_0 if impl == "simd" else lib.gemv_jlcm2x8_q8_0_ref
-    fn(n, ffi.from_buffer("float[]", out), 0, ffi.from_buffer(x), ffi.from_buffer(y), 1, rows)
+    _GEMV[qtype.name, impl](n, ffi.from_buffer("float[]", out), 0, ffi.from_buffer(x), ffi.from_buffer(y), 1, rows)
     return out

@@ -123,33 +123,37 @@ def test_data_free_quantizer_on_the_default_models_embedding(qtype):
         kernels.quantize(qtype, w[:, :100])
 
 
-def test_repacked_jlcm2_gemv_equals_the_row_dot_products_on_real_weights():
+
+@pytest.mark.parametrize("qtype", TYPES, ids=ids)
+def test_repacked_gemv_equals_the_row_dot_products_on_real_weights(qtype):
     """llama.cpp's repack path on x86: eight rows interleaved, one pass for eight dot products. The
     scalar gemv sums in vec_dot's order (equal bit for bit); the SIMD one within vec_dot's float64 bound."""
-    qtype, rng = pack.JLCM2, np.random.default_rng(6)
-    for name, shape, blocks in real_blocks("JLCM2"):
+    rng = np.random.default_rng(6)
+    for name, shape, blocks in real_blocks(qtype.name):
         rows = blocks.reshape(shape[0], -1)[:64]
-        packed = kernels.repack_jlcm2x8(rows)
+        packed = kernels.repack_x8(qtype, rows)
         assert packed.shape == rows.shape and not np.array_equal(packed, rows)
         q8 = q8_0_reference(activations(shape[1], rng))
         want = np.array([kernels.vec_dot(qtype, r, q8, "scalar") for r in rows], dtype=np.float32)
-        assert np.array_equal(kernels.gemv_jlcm2x8(packed, q8, "scalar"), want), name
-        simd = kernels.gemv_jlcm2x8(packed, q8, "simd")
+        assert np.array_equal(kernels.gemv_x8(qtype, packed, q8, "scalar"), want), name
+        simd = kernels.gemv_x8(qtype, packed, q8, "simd")
         for r, got in zip(rows, simd):
             ref, bound = dot_reference(qtype, r, q8)
             assert abs(got - ref) <= bound, name
 
 
+@pytest.mark.parametrize("qtype", TYPES, ids=ids)
 @pytest.mark.parametrize("n", ROW_LENGTHS)
-def test_repacked_jlcm2_gemv_is_exact_on_exact_data(n):
+def test_repacked_gemv_is_exact_on_exact_data(qtype, n):
     rng = np.random.default_rng(n + 1)
-    rows, q8 = zip(*(exact_case(pack.JLCM2, n, rng) for _ in range(16)))
+    rows, q8 = zip(*(exact_case(qtype, n, rng) for _ in range(16)))
     q8 = q8[0]
     rows = np.stack([r.reshape(-1) for r in rows])
-    want = [dot_reference(pack.JLCM2, r, q8)[0] for r in rows]
-    assert kernels.gemv_jlcm2x8(kernels.repack_jlcm2x8(rows), q8, "simd").tolist() == want
+    want = [dot_reference(qtype, r, q8)[0] for r in rows]
+    assert kernels.gemv_x8(qtype, kernels.repack_x8(qtype, rows), q8, "simd").tolist() == want
 
 
-def test_repack_refuses_rows_not_a_multiple_of_8():
+@pytest.mark.parametrize("qtype", TYPES, ids=ids)
+def test_repack_refuses_rows_not_a_multiple_of_8(qtype):
     with pytest.raises(ValueError, match="multiple of 8"):
-        kernels.repack_jlcm2x8(np.zeros((12, 20), dtype=np.uint8))
+        kernels.repack_x8(qtype, np.zeros((12, qtype.type_size), dtype=np.uint8))
