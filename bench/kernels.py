@@ -8,7 +8,8 @@ FMA, F16C; -O3) and linked to that build's static ggml, times every kernel in
 one process, rounds interleaved: ns per 256 weights (median of 301 rounds, one
 thread, 32 rows of 4096 weights, so the weights sit in L2). Two rows more time
 the layouts of llama.cpp's repack path, where one gemv call does all 32 rows
-eight at a time: JLCM2X8 (csrc's gemv_jlcm2x8_q8_0) and Q4_0X8 (ggml's
+eight at a time: JLCM2X8 and JLCM3X8 (csrc's gemv_jlcm2x8_q8_0 and
+gemv_jlcm3x8_q8_0) and Q4_0X8 (ggml's
 ggml_gemv_q4_0_8x8_q8_0, the layout the Q4_0 file runs in on this machine).
 
 ARM: the NEON inner loops of csrc/jlcm-arm.c and of the pinned ggml's
@@ -160,9 +161,10 @@ def ratios(rows: list[dict]) -> list[dict]:
             out.append({"type": t, "target": target,
                         "vs_IQ4_NL": round(cost["IQ4_NL"] / cost[t], 3),     # > 1: faster than IQ4_NL
                         "vs_IQ2_XS": round(cost["IQ2_XS"] / cost[t], 3)})    # bar: >= 2
-        if "JLCM2X8" in cost:      # llama.cpp's repack path: eight rows per pass, both types
-            out.append({"type": "JLCM2X8", "target": target, "vs_Q4_0X8": round(cost["Q4_0X8"] / cost["JLCM2X8"], 3),
-                        "vs_own_vec_dot": round(cost["JLCM2"] / cost["JLCM2X8"], 3)})
+        for t in ("JLCM2", "JLCM3"):   # llama.cpp's repack path: eight rows per pass, Q4_0 likewise
+            if f"{t}X8" in cost:
+                out.append({"type": f"{t}X8", "target": target, "vs_Q4_0X8": round(cost["Q4_0X8"] / cost[f"{t}X8"], 3),
+                            "vs_own_vec_dot": round(cost[t] / cost[f"{t}X8"], 3)})
     return out
 
 

@@ -81,15 +81,16 @@ static void setup_jlcm(kernel * k, const char * name, size_t block_bytes, vec_do
     k->dot = dot;
 }
 
-// The repack path's layouts: JLCM2 rows interleaved by repack_jlcm2x8; Q4_0's block_q4_0x8
+// The repack path's layouts: JLCM rows interleaved by repack_jlcm2x8 / repack_jlcm3x8; Q4_0's block_q4_0x8
 // (8 fp16 scales + 128 bytes of nibbles per 8 rows x 32 weights) filled at random, valid scales.
-static void setup_jlcm2x8(kernel * k, const kernel * jlcm2) {
-    k->name = "JLCM2x8";
-    k->row_bytes = jlcm2->row_bytes;
+static void setup_x8(kernel * k, const kernel * rows, const char * name, int jlcm3) {
+    k->name = name;
+    k->row_bytes = rows->row_bytes;
     k->w = malloc(k->row_bytes * ROWS);
-    repack_jlcm2x8(k->w, jlcm2->w, ROWS, N_PER_ROW);
-    k->a = jlcm2->a;
-    k->gemv = gemv_jlcm2x8_q8_0;
+    if (jlcm3) repack_jlcm3x8(k->w, rows->w, ROWS, N_PER_ROW);
+    else       repack_jlcm2x8(k->w, rows->w, ROWS, N_PER_ROW);
+    k->a = rows->a;
+    k->gemv = jlcm3 ? gemv_jlcm3x8_q8_0 : gemv_jlcm2x8_q8_0;
 }
 
 static void setup_q4_0x8(kernel * k, const float * x) {
@@ -125,7 +126,8 @@ int main(void) {
     setup_jlcm(&ks[nk++], "JLCM2", sizeof(block_jlcm2), vec_dot_jlcm2_q8_0, x);
     setup_jlcm(&ks[nk++], "JLCM3", sizeof(block_jlcm3), vec_dot_jlcm3_q8_0, x);
     for (int i = 0; i < n_stock; i++) setup_ggml(&ks[nk++], stock[i], w, x);
-    setup_jlcm2x8(&ks[nk++], &ks[0]);
+    setup_x8(&ks[nk++], &ks[0], "JLCM2x8", 0);
+    setup_x8(&ks[nk++], &ks[1], "JLCM3x8", 1);
     setup_q4_0x8(&ks[nk++], x);
 
     volatile float sink = 0;
