@@ -58,3 +58,11 @@ void gemm_jlcm2x8_q8_0x4(int n, float * s, size_t bs, const void * vx, const voi
 void gemm_jlcm3x8_q8_0x4(int n, float * s, size_t bs, const void * vx, const void * vy, int nr, int nc) {
     gemm_q8_0x4(gemv_jlcm3x8_q8_0, n, s, bs, vx, vy, nr, nc);
 }
+
+void vec_dot_jlcm2_q8_0(int n, float * s, size_t bs, const void * vx, size_t bx, const void * vy, size_t by, int nrc) {
+    vec_dot_jlcm2_q8_0_simd(n, s, bs, vx, bx, vy, by, nrc);
+}
+
+void vec_dot_jlcm3_q8_0(int n, float * s, size_t bs, const void * vx, size_t bx, const void * vy, size_t by, int nrc) {
+    vec_dot_jlcm3_q8_0_simd(n, s, bs, vx, bx, vy, by, nrc);
+}

@@ -33,7 +33,7 @@ typedef struct {
     const char * name;
     int          type_size;
     int          cb_bytes;
-    vec_dot_fn   ref, simd;
+    vec_dot_fn   ref, simd, fastest;   // fastest: the entry point ggml calls
     void       (*dequant)(const void *, float *, int64_t);
 } type_info;
 
@@ -41,8 +41,8 @@ static void dq2(const void * x, float * y, int64_t k) { dequantize_row_jlcm2_ref
 static void dq3(const void * x, float * y, int64_t k) { dequantize_row_jlcm3_ref((const block_jlcm3 *)x, y, k); }
 
 static const type_info TYPES[2] = {
-    {"JLCM2", sizeof(block_jlcm2), 2, vec_dot_jlcm2_q8_0_ref, vec_dot_jlcm2_q8_0_simd, dq2},
-    {"JLCM3", sizeof(block_jlcm3), 4, vec_dot_jlcm3_q8_0_ref, vec_dot_jlcm3_q8_0_simd, dq3},
+    {"JLCM2", sizeof(block_jlcm2), 2, vec_dot_jlcm2_q8_0_ref, vec_dot_jlcm2_q8_0_simd, vec_dot_jlcm2_q8_0, dq2},
+    {"JLCM3", sizeof(block_jlcm3), 4, vec_dot_jlcm3_q8_0_ref, vec_dot_jlcm3_q8_0_simd, vec_dot_jlcm3_q8_0, dq3},
 };
 
 static const int ROW_LENGTHS[] = {64, 576, 1536, 4096, 11008};
@@ -85,9 +85,11 @@ static void check_simd_equals_scalar(const type_info * t, int n, int trial) {
         y[b].d = jlcm_fp32_to_fp16(ldexpf(1.0f, e0));
         for (int j = 0; j < 32; j++) y[b].qs[j] = (int8_t)rand_int(-127, 127);
     }
-    float r, s;
+    float r, s, f;
     t->ref(n, &r, 0, x, 0, y, 0, 1);
     t->simd(n, &s, 0, x, 0, y, 0, 1);
+    t->fastest(n, &f, 0, x, 0, y, 0, 1);
+    CHECK(f == s, "%s n=%d trial %d: vec_dot %.9g != simd %.9g", t->name, n, trial, f, s);
     double bound, magnitude;
     const double want = dot_reference(t, x, y, n, &bound, &magnitude);
     // every partial sum is at most `magnitude`, in units of 2^(2 e0): exact while below 2^24 units
