@@ -1,6 +1,7 @@
 """The patched llama.cpp runs JLCM files: upstream's own tests with the new types, the real tools end to
 end on the default model's JLCM file, the aarch64 build under qemu, and stock llama.cpp's clean refusal."""
 import json
+import platform
 import re
 import socket
 import subprocess
@@ -21,6 +22,9 @@ CHAT = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>
 PPL_TOLERANCE = 0.02
 # the aarch64 build's perplexity against x86's on the same file: float order only (measured 0.05%)
 ARM_PPL_TOLERANCE = 0.005
+# x86's repack path (rows interleaved eight at a time) against its row-by-row vec_dot: the same
+# integer sums, the float order differs
+REPACK_PPL_TOLERANCE = 0.001
 
 
 @pytest.fixture(scope="module")
@@ -153,6 +157,25 @@ def test_bench_reports_pp_and_tg(build, converted):
     rows = json.loads(r.stdout[r.stdout.index("["):])
     assert {(x["n_prompt"] > 0, x["n_gen"] > 0) for x in rows} == {(True, False), (False, True)}
     assert all(x["avg_ts"] > 0 and "JLCM2" in x["model_type"] for x in rows)
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="the repack path is x86 (AVX2) only")
+def test_repack_path_agrees_with_vec_dot(build, converted, novels, tmp_path):
+    """On x86 the JLCM2 and JLCM3 matrices run through ggml's repack path (csrc's gemv over rows
+    interleaved eight at a time); --no-repack keeps the row-by-row vec_dot. Both give the file's
+    perplexity to float rounding."""
+    text = tmp_path / "short.txt"
+    text.write_text(novels[assets.EVAL_TEXT].read_text(encoding="utf-8")[:8000], encoding="utf-8")
+    ppl, logs = [], []
+    for flags in ([], ["--no-repack"]):
+        r = run(build.command("llama-perplexity") + ["-m", str(converted), "-f", str(text), "-c", "128",
+                                                     "--chunks", "4", "-t", "2", "-v", *flags])
+        assert r.returncode == 0, r.stderr[-2000:]
+        ppl.append(float(r.stderr.split("Final estimate: PPL = ")[1].split()[0]))
+        logs.append(r.stderr)
+    assert "with jlcm2_8x8" in logs[0] and "with jlcm3_8x8" in logs[0]
+    assert "repack tensor" not in logs[1]
+    assert abs(ppl[0] - ppl[1]) / ppl[1] < REPACK_PPL_TOLERANCE, ppl
 
 
 def test_aarch64_agrees_with_x86(arm, build, jlcm3_model, novels, tmp_path):
