@@ -22,9 +22,11 @@ CHAT = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>
 PPL_TOLERANCE = 0.02
 # the aarch64 build's perplexity against x86's on the same file: float order only (measured 0.05%)
 ARM_PPL_TOLERANCE = 0.005
-# x86's repack path (rows interleaved eight at a time) against its row-by-row vec_dot: the same
-# integer sums, the float order differs
-REPACK_PPL_TOLERANCE = 0.001
+# x86's repack path (rows interleaved eight at a time) against the row-by-row vec_dot, token by token
+# (-ub 1: the gemv, fed the same Q8_0 activations): float order only, measured 0.02% on a JLCM3 file.
+# In batches ggml's repack path quantizes four activation rows at a time with its own routine, whose
+# rounding differs: stock Q4_0 moves 0.8% between the paths on this text, JLCM3 0.5%.
+REPACK_PPL_TOLERANCE = {"token": 0.002, "batch": 0.02}
 
 
 @pytest.fixture(scope="module")
@@ -163,19 +165,20 @@ def test_bench_reports_pp_and_tg(build, converted):
 def test_repack_path_agrees_with_vec_dot(build, converted, novels, tmp_path):
     """On x86 the JLCM2 and JLCM3 matrices run through ggml's repack path (csrc's gemv over rows
     interleaved eight at a time); --no-repack keeps the row-by-row vec_dot. Both give the file's
-    perplexity to float rounding."""
+    perplexity, token by token to float rounding, in batches to the repack path's own rounding."""
     text = tmp_path / "short.txt"
     text.write_text(novels[assets.EVAL_TEXT].read_text(encoding="utf-8")[:8000], encoding="utf-8")
-    ppl, logs = [], []
-    for flags in ([], ["--no-repack"]):
-        r = run(build.command("llama-perplexity") + ["-m", str(converted), "-f", str(text), "-c", "128",
-                                                     "--chunks", "4", "-t", "2", "-v", *flags])
-        assert r.returncode == 0, r.stderr[-2000:]
-        ppl.append(float(r.stderr.split("Final estimate: PPL = ")[1].split()[0]))
-        logs.append(r.stderr)
-    assert "with jlcm2_8x8" in logs[0] and "with jlcm3_8x8" in logs[0]
-    assert "repack tensor" not in logs[1]
-    assert abs(ppl[0] - ppl[1]) / ppl[1] < REPACK_PPL_TOLERANCE, ppl
+    for mode, batch in (("token", ["-ub", "1"]), ("batch", [])):
+        ppl, logs = [], []
+        for flags in ([], ["--no-repack"]):
+            r = run(build.command("llama-perplexity") + ["-m", str(converted), "-f", str(text), "-c", "128",
+                                                         "--chunks", "4", "-t", "2", "-v", *batch, *flags])
+            assert r.returncode == 0, r.stderr[-2000:]
+            ppl.append(float(r.stderr.split("Final estimate: PPL = ")[1].split()[0]))
+            logs.append(r.stderr)
+        assert "with jlcm2_8x8" in logs[0] and "with jlcm3_8x8" in logs[0]
+        assert "repack tensor" not in logs[1]
+        assert abs(ppl[0] - ppl[1]) / ppl[1] < REPACK_PPL_TOLERANCE[mode], (mode, ppl)
 
 
 def test_aarch64_agrees_with_x86(arm, build, jlcm3_model, novels, tmp_path):
