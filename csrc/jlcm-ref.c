@@ -83,7 +83,20 @@ static void jlcm3_weights(const void * block, int8_t w[QK_JLCM]) {
     for (int i = 0; i < QK_JLCM; i++) w[i] = (int8_t)codebook_entry(b->cb, jlcm3_index(b, i));
 }
 
-// sum over blocks b of d_b * (d_y[2b] * isum_b,0 + d_y[2b+1] * isum_b,1); every block starts with its d
+// One block's d * (d_y0 * isum_0 + d_y1 * isum_1), the isum integer: the float order every reference sums in.
+static float block_dot(jlcm_half d, const int8_t w[QK_JLCM], const block_q8_0_jlcm * y) {
+    float half_sums = 0.0f;
+    for (int h = 0; h < 2; h++) {
+        int32_t isum = 0;
+        for (int j = 0; j < QK8_0_JLCM; j++) {
+            isum += (int32_t)w[h * QK8_0_JLCM + j] * (int32_t)y[h].qs[j];
+        }
+        half_sums += jlcm_half_to_float(y[h].d) * (float)isum;
+    }
+    return jlcm_half_to_float(d) * half_sums;
+}
+
+// sum over blocks b of block_dot; every block starts with its d
 static float row_dot(int n, const uint8_t * x, size_t block_bytes, void (*weights)(const void *, int8_t *),
                      const block_q8_0_jlcm * y) {
     int8_t w[QK_JLCM];
@@ -93,15 +106,7 @@ static float row_dot(int n, const uint8_t * x, size_t block_bytes, void (*weight
         jlcm_half d;
         memcpy(&d, blk, 2);
         weights(blk, w);
-        float half_sums = 0.0f;
-        for (int h = 0; h < 2; h++) {
-            int32_t isum = 0;
-            for (int j = 0; j < QK8_0_JLCM; j++) {
-                isum += (int32_t)w[h * QK8_0_JLCM + j] * (int32_t)y[2 * b + h].qs[j];
-            }
-            half_sums += jlcm_half_to_float(y[2 * b + h].d) * (float)isum;
-        }
-        sum += jlcm_half_to_float(d) * half_sums;
+        sum += block_dot(d, w, &y[2 * b]);
     }
     return sum;
 }
@@ -146,30 +151,36 @@ int repack_jlcm2x8(block_jlcm2x8 * dst, const block_jlcm2 * src, int64_t nrows, 
     return 0;
 }
 
-// Row by row, the sums of row_dot in its order, so the result equals vec_dot_jlcm2_q8_0_ref's.
-void gemv_jlcm2x8_q8_0_ref(int n, float * s, size_t bs, const void * vx, const void * vy, int nr, int nc) {
-    (void)bs; (void)nr;
+// Row r's int8 weights in one repacked block.
+static void jlcm2x8_weights(const void * block, int r, int8_t w[QK_JLCM]) {
+    const block_jlcm2x8 * b = (const block_jlcm2x8 *)block;
+    for (int i = 0; i < QK_JLCM; i++) w[i] = (int8_t)codebook_entry(&b->cb[2 * r], jlcm2x8_index(b, r, i));
+}
+
+// Row by row, the sums of row_dot in its order, so the result equals the vec_dot reference's.
+// Both repacked layouts lead with the eight rows' scales, d[8].
+static void gemv_x8_ref(int n, float * s, const uint8_t * x, size_t block_bytes,
+                        void (*weights)(const void *, int, int8_t *), const block_q8_0_jlcm * y, int nc) {
     const int nb = n / QK_JLCM;
-    const block_q8_0_jlcm * y = (const block_q8_0_jlcm *)vy;
-    for (int x = 0; x < nc / 8; x++) {
-        const block_jlcm2x8 * blk = (const block_jlcm2x8 *)vx + (size_t)x * nb;
+    int8_t w[QK_JLCM];
+    for (int g = 0; g < nc / 8; g++) {
         for (int r = 0; r < 8; r++) {
             float sum = 0.0f;
             for (int b = 0; b < nb; b++) {
-                float half_sums = 0.0f;
-                for (int h = 0; h < 2; h++) {
-                    int32_t isum = 0;
-                    for (int j = 0; j < QK8_0_JLCM; j++) {
-                        const int w = codebook_entry(&blk[b].cb[2 * r], jlcm2x8_index(&blk[b], r, h * QK8_0_JLCM + j));
-                        isum += (int32_t)w * (int32_t)y[2 * b + h].qs[j];
-                    }
-                    half_sums += jlcm_half_to_float(y[2 * b + h].d) * (float)isum;
-                }
-                sum += jlcm_half_to_float(blk[b].d[r]) * half_sums;
+                const uint8_t * blk = x + ((size_t)g * nb + b) * block_bytes;
+                jlcm_half d;
+                memcpy(&d, blk + 2 * r, 2);
+                weights(blk, r, w);
+                sum += block_dot(d, w, &y[2 * b]);
             }
-            s[8 * x + r] = sum;
+            s[8 * g + r] = sum;
         }
     }
+}
+
+void gemv_jlcm2x8_q8_0_ref(int n, float * s, size_t bs, const void * vx, const void * vy, int nr, int nc) {
+    (void)bs; (void)nr;
+    gemv_x8_ref(n, s, (const uint8_t *)vx, sizeof(block_jlcm2x8), jlcm2x8_weights, (const block_q8_0_jlcm *)vy, nc);
 }
 
 // Where row r's weight i sits in block_jlcm3x8: index vector v, byte j (see jlcm.h).
@@ -209,29 +220,14 @@ int repack_jlcm3x8(block_jlcm3x8 * dst, const block_jlcm3 * src, int64_t nrows, 
     return 0;
 }
 
+static void jlcm3x8_weights(const void * block, int r, int8_t w[QK_JLCM]) {
+    const block_jlcm3x8 * b = (const block_jlcm3x8 *)block;
+    for (int i = 0; i < QK_JLCM; i++) w[i] = (int8_t)codebook_entry(&b->cb[4 * r], jlcm3x8_index(b, r, i));
+}
+
 void gemv_jlcm3x8_q8_0_ref(int n, float * s, size_t bs, const void * vx, const void * vy, int nr, int nc) {
     (void)bs; (void)nr;
-    const int nb = n / QK_JLCM;
-    const block_q8_0_jlcm * y = (const block_q8_0_jlcm *)vy;
-    for (int x = 0; x < nc / 8; x++) {
-        const block_jlcm3x8 * blk = (const block_jlcm3x8 *)vx + (size_t)x * nb;
-        for (int r = 0; r < 8; r++) {
-            float sum = 0.0f;
-            for (int b = 0; b < nb; b++) {
-                float half_sums = 0.0f;
-                for (int h = 0; h < 2; h++) {
-                    int32_t isum = 0;
-                    for (int j = 0; j < QK8_0_JLCM; j++) {
-                        const int w = codebook_entry(&blk[b].cb[4 * r], jlcm3x8_index(&blk[b], r, h * QK8_0_JLCM + j));
-                        isum += (int32_t)w * (int32_t)y[2 * b + h].qs[j];
-                    }
-                    half_sums += jlcm_half_to_float(y[2 * b + h].d) * (float)isum;
-                }
-                sum += jlcm_half_to_float(blk[b].d[r]) * half_sums;
-            }
-            s[8 * x + r] = sum;
-        }
-    }
+    gemv_x8_ref(n, s, (const uint8_t *)vx, sizeof(block_jlcm3x8), jlcm3x8_weights, (const block_q8_0_jlcm *)vy, nc);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -186,24 +186,6 @@ static inline __m256 jlcm_x8_accumulate(__m256 acc, __m256i sums0, __m256i sums1
     return _mm256_fmadd_ps(jlcm2x8_scales(d), f, acc);
 }
 
-void gemv_jlcm2x8_q8_0_simd(int n, float * s, size_t bs, const void * vx, const void * vy, int nr, int nc) {
-    (void)bs; (void)nr;
-    const int nb = n / QK_JLCM;
-    const block_q8_0_jlcm * y = (const block_q8_0_jlcm *)vy;
-    int32_t asum8[2 * nb];
-    activation_sums8(y, 2 * nb, asum8);
-    for (int x = 0; x < nc / 8; x++) {
-        const block_jlcm2x8 * blk = (const block_jlcm2x8 *)vx + (size_t)x * nb;
-        __m256 acc = _mm256_setzero_ps();
-        for (int b = 0; b < nb; b++) {
-            const __m256i t = jlcm2x8_tables(blk[b].cb);
-            acc = jlcm_x8_accumulate(acc, jlcm2x8_half(t, blk[b].qs, y[2 * b].qs),
-                                     jlcm2x8_half(t, blk[b].qs + 64, y[2 * b + 1].qs), &asum8[2 * b], &y[2 * b], blk[b].d);
-        }
-        _mm256_storeu_ps(s + 8 * x, acc);
-    }
-}
-
 // JLCM3 (block_jlcm3x8): a 128-bit lane's table holds two rows' 8 entries (bytes 0-7, 8-15), so a
 // pass takes four rows (row set p) and 8 weights of each, and an index byte adds 8 for its lane's
 // second row. Each row owns two int32 lanes per row set; one hadd per half puts the eight rows in order.
@@ -245,24 +227,45 @@ static inline __m256i jlcm3x8_half(__m256i t0, __m256i t1, const uint8_t * qs, c
     return _mm256_hadd_epi32(_mm256_madd_epi16(acc[0], ones), _mm256_madd_epi16(acc[1], ones));
 }
 
-void gemv_jlcm3x8_q8_0_simd(int n, float * s, size_t bs, const void * vx, const void * vy, int nr, int nc) {
-    (void)bs; (void)nr;
+// Both layouts' gemv; jlcm3 is a constant in each caller, so each copy keeps only its own block code.
+static inline void gemv_x8(int n, float * s, const void * vx, const void * vy, int nc, int jlcm3) {
     const int nb = n / QK_JLCM;
     const block_q8_0_jlcm * y = (const block_q8_0_jlcm *)vy;
     int32_t asum8[2 * nb];
     activation_sums8(y, 2 * nb, asum8);
     for (int x = 0; x < nc / 8; x++) {
-        const block_jlcm3x8 * blk = (const block_jlcm3x8 *)vx + (size_t)x * nb;
         __m256 acc = _mm256_setzero_ps();
         for (int b = 0; b < nb; b++) {
-            __m256i t0, t1;
-            jlcm3x8_tables(blk[b].cb, &t0, &t1);
-            acc = jlcm_x8_accumulate(acc, jlcm3x8_half(t0, t1, blk[b].qs, blk[b].qh, y[2 * b].qs),
-                                     jlcm3x8_half(t0, t1, blk[b].qs + 64, blk[b].qh + 32, y[2 * b + 1].qs),
-                                     &asum8[2 * b], &y[2 * b], blk[b].d);
+            __m256i sums0, sums1;
+            const jlcm_half * d;
+            if (jlcm3) {
+                const block_jlcm3x8 * blk = (const block_jlcm3x8 *)vx + (size_t)x * nb + b;
+                __m256i t0, t1;
+                jlcm3x8_tables(blk->cb, &t0, &t1);
+                sums0 = jlcm3x8_half(t0, t1, blk->qs, blk->qh, y[2 * b].qs);
+                sums1 = jlcm3x8_half(t0, t1, blk->qs + 64, blk->qh + 32, y[2 * b + 1].qs);
+                d = blk->d;
+            } else {
+                const block_jlcm2x8 * blk = (const block_jlcm2x8 *)vx + (size_t)x * nb + b;
+                const __m256i t = jlcm2x8_tables(blk->cb);
+                sums0 = jlcm2x8_half(t, blk->qs, y[2 * b].qs);
+                sums1 = jlcm2x8_half(t, blk->qs + 64, y[2 * b + 1].qs);
+                d = blk->d;
+            }
+            acc = jlcm_x8_accumulate(acc, sums0, sums1, &asum8[2 * b], &y[2 * b], d);
         }
         _mm256_storeu_ps(s + 8 * x, acc);
     }
+}
+
+void gemv_jlcm2x8_q8_0_simd(int n, float * s, size_t bs, const void * vx, const void * vy, int nr, int nc) {
+    (void)bs; (void)nr;
+    gemv_x8(n, s, vx, vy, nc, 0);
+}
+
+void gemv_jlcm3x8_q8_0_simd(int n, float * s, size_t bs, const void * vx, const void * vy, int nr, int nc) {
+    (void)bs; (void)nr;
+    gemv_x8(n, s, vx, vy, nc, 1);
 }
 
 const char * jlcm_simd_name(void) { return JLCM_HAVE_SIMD; }
