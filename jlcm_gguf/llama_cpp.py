@@ -254,12 +254,13 @@ _EVAL_SPEED = re.compile(r"perf_print:\s+eval time =.*?([0-9.]+) tokens per seco
 
 
 def completion(build: Build, model: Path, prompt: str, n_predict: int = 16, threads: int = 2,
-               seed: int = 0) -> Completion:
-    """Greedy raw continuation of prompt with llama-completion."""
+               seed: int = 0, ignore_eos: bool = False) -> Completion:
+    """Greedy raw continuation of prompt with llama-completion. ignore_eos makes it generate all
+    n_predict tokens, so that its speed does not depend on when a model chooses to stop."""
     argv = build.command("llama-completion") + [
         "-m", str(model), "-p", prompt, "-n", str(n_predict), "-t", str(threads),
         "--temp", "0", "--seed", str(seed), "-no-cnv", "--no-display-prompt", "--no-warmup", "-c", "512",
-    ]
+    ] + (["--ignore-eos"] if ignore_eos else [])
     r = subprocess.run(argv, capture_output=True, text=True, errors="replace", stdin=subprocess.DEVNULL)
     if r.returncode != 0:
         raise BuildError(f"llama-completion failed ({r.returncode}):\n{r.stderr[-2000:]}")
