@@ -178,9 +178,10 @@ def main() -> int:
     if args.device == "cuda":
         import torch
         doc["machine"]["gpu"] = torch.cuda.get_device_name(0)
-    # the lent GPU machine's conversion record is written by hand from its own run: keep it
-    if args.out.exists() and "cuda_convert" in (old := json.loads(args.out.read_text())):
-        doc["cuda_convert"] = old["cuda_convert"]
+    # the partial-conversion records (lent GPU, timed CPU layer) are written by hand from their own
+    # runs' logs: keep them
+    old = json.loads(args.out.read_text()) if args.out.exists() else {}
+    doc.update({k: old[k] for k in ("cuda_convert", "cpu_convert") if k in old})
     cache.write_json(args.out, doc)
     for r in rows:
         print(f"{r['name']:8s} {r['file_gib']:.3f} GiB  bpw file {r['bpw_file']:.3f}  linear {r['bpw_linear']:.3f}  "
