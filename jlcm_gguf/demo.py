@@ -97,14 +97,14 @@ def run(qtype: str = "JLCM2", question: str = DEMO_QUESTION, n_predict: int = 32
     quality = measure_quality(build, f16, model, chunks, threads)
     t.done("measure")
 
-    stats = {name: scoreboard.tensor_stats(path) for name, path in (("F16", f16), (qtype, model))}
+    stats = {name: scoreboard.tensor_stats(path) for name, path in models}
     w = out.write
     w(f"\nQ: {question}\n")
     for name, text in answers.items():
         w(f"{name:>6}: {text.strip()}\n")
     w("\nsummary\n")
     w(f"  model        {assets.MODEL_NAME} (shipped as {src.name}, {src.stat().st_size / 1e6:.1f} MB)\n")
-    for name, path in (("F16", f16), (qtype, model)):
+    for name, path in models:
         s = stats[name]
         w(f"  {name:<12} {path.stat().st_size / 1e6:7.1f} MB  {s['bpw_file']:.2f} bpw whole file, "
           f"{s['bpw_linear']:.2f} bpw linear layers  ({path})\n")
