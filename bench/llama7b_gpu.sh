@@ -4,6 +4,7 @@
 #   bench/llama7b_gpu.sh pack                  # here: fill .device/ (git-ignored) with what travels
 #   bench/llama7b_gpu.sh run --prepare-only    # there: the random model and its F16 reference GGUF
 #   bench/llama7b_gpu.sh run --convert-only    # there: the timed conversion (bench/llama7b.py --device cuda)
+#   bench/llama7b_gpu.sh setup                 # there: only the installs, for other scripts (bench/gpu_walk.py)
 #
 # What travels: wheels for gguf and cffi (cp312), the Jane Austen novels, the wheel holding Mistral's
 # tokenizer, and the pinned llama.cpp's convert_hf_to_gguf.py with its conversion/ and gguf-py/. There the
@@ -28,7 +29,8 @@ pack)
         ".device/cache/llama.cpp/$(basename "$src")/"
     du -sh .device
     ;;
-run)
+setup|run)
+    verb=$1
     shift
     export PYTHONUNBUFFERED=1 JLCM_GGUF_CACHE=${JLCM_GGUF_CACHE:-/tmp/jc}
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .device/whl/*.whl
@@ -40,11 +42,12 @@ run)
         'lib = ffi.dlopen("/tmp/libjlcm.so")' > jlcm_gguf/_kernels.py
     python3 -c "from jlcm_gguf import kernels, llama_cpp; print('kernels', kernels.simd_name(), 'converter', llama_cpp.source_tree())"
     nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
+    [ "$verb" = setup ] && exit 0
     python3 bench/llama7b.py --device cuda --work /tmp/w7b --out "${OUT:-/tmp}/llama7b-cuda.json" "$@" 2>&1 \
         | tee "${OUT:-/tmp}/log-${1#--}"
     ;;
 *)
-    echo "usage: $0 pack | run [bench/llama7b.py options]" >&2
+    echo "usage: $0 pack | setup | run [bench/llama7b.py options]" >&2
     exit 2
     ;;
 esac

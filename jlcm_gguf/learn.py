@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from . import pack
+from . import feedback_triton, pack
 from .calibrate import Gram
 from .codebook import weighted_kmeans_1d, weighted_kmeans_1d_rows
 from .grouping import group_rows
@@ -54,9 +54,18 @@ def n_groups_for(qtype: pack.JLCMType, settings: Settings) -> int:
 class Result:
     qtype: pack.JLCMType
     blocks: np.ndarray          # (rows * cols / 64, type_size) uint8, rows in order
-    weight: torch.Tensor        # dequantized, equal to pack.dequantize(blocks)
+    shape: tuple[int, int]
     rel_error: float            # L(W^) / tr(W H W^T), of the layer-wise codes (before any distillation)
     history: list
+    dequantized: torch.Tensor | None = None     # the weight, kept until its user lets it go
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The dequantized weight, equal to pack.dequantize(blocks). The model loop drops `dequantized` once the
+        layer has it, so that a 7B's results hold 2.5 bits per weight, not 32."""
+        if self.dequantized is not None:
+            return self.dequantized
+        return torch.from_numpy(pack.dequantize(self.qtype, self.blocks)).view(self.shape)
 
 
 def index_step(g, hdiag, s, C, groups, idx, rule: str, rho: float):
@@ -129,10 +138,14 @@ class JLCM:
         return s, C, groups, self._nearest(z, C, groups)
 
     @staticmethod
-    def error_feedback_assign(w, H, s, C, groups, damp=0.01, block=128):
+    def error_feedback_assign(w, H, s, C, groups, damp=0.01, block=128, gpu_walk=None):
         """Indices chosen column by column, each column's output error pushed onto the columns not yet
-        assigned (GPTQ's update through the Cholesky factor of H^-1), with the group codebooks as grid."""
+        assigned (GPTQ's update through the Cholesky factor of H^-1), with the group codebooks as grid.
+        gpu_walk: walk each block's columns in one Triton kernel (default: on CUDA tensors, when Triton
+        is installed; see feedback_triton)."""
         rows, cols = w.shape
+        if gpu_walk is None:
+            gpu_walk = w.is_cuda and feedback_triton.available()
         H = H.full().clone()
         dead = torch.diagonal(H) == 0
         H[dead, dead] = 1
@@ -140,25 +153,35 @@ class JLCM:
         U = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
         W = w.clone()
         W[:, dead] = 0
-        sw = s.repeat_interleave(QK).view(rows, cols)
         cbs = C[groups]                                                 # (rows, block columns, K)
         idx = torch.empty(rows, cols, dtype=torch.long, device=w.device)
         for a in range(0, cols, block):
             b = min(a + block, cols)
-            Wb = W[:, a:b].clone()
-            Err = torch.zeros_like(Wb)
-            for j in range(b - a):
-                c = a + j
-                col = Wb[:, j]
-                cb = cbs[:, c // QK]
-                k = ((col / sw[:, c]).unsqueeze(1) - cb).abs().argmin(1)
-                idx[:, c] = k
-                q = sw[:, c] * cb.gather(1, k[:, None]).squeeze(1)
-                e = (col - q) / U[c, c]
-                Wb[:, j:] -= e[:, None] * U[c, c:b][None, :]
-                Err[:, j] = e
+            if gpu_walk:
+                Err = feedback_triton.walk_block(W[:, a:b], s.view(rows, -1), cbs, U[a:b, a:b].contiguous(), a, QK,
+                                                 idx[:, a:b])
+            else:
+                Err = JLCM._walk_block(W[:, a:b], s, cbs, U, a, b, idx)
             W[:, b:] -= Err @ U[a:b, b:]
         return idx
+
+    @staticmethod
+    def _walk_block(Wb, s, cbs, U, a, b, idx):
+        """Columns a..b-1 of the error feedback, one at a time; returns their scaled errors."""
+        sw = s.view(Wb.shape[0], -1)
+        Wb = Wb.clone()
+        Err = torch.zeros_like(Wb)
+        for j in range(b - a):
+            c = a + j
+            col = Wb[:, j]
+            cb = cbs[:, c // QK]
+            k = ((col / sw[:, c // QK]).unsqueeze(1) - cb).abs().argmin(1)
+            idx[:, c] = k
+            q = sw[:, c // QK] * cb.gather(1, k[:, None]).squeeze(1)
+            e = (col - q) / U[c, c]
+            Wb[:, j:] -= e[:, None] * U[c, c:b][None, :]
+            Err[:, j] = e
+        return Err
 
     @staticmethod
     def _nearest(z, C, groups):
@@ -295,6 +318,7 @@ class JLCM:
         blocks = pack.pack(self.qtype, s.cpu().numpy().astype(np.float16),
                            Cq[groups].reshape(nb, -1).to(torch.int8).cpu().numpy(),
                            idx.view(nb, QK).to(torch.uint8).cpu().numpy())
-        w_hat = torch.from_numpy(pack.dequantize(self.qtype, blocks)).view(rows, cols)
+        # the packed bytes' values, computed where w lives (fp16 scale times a 4-bit entry: exact in fp32)
+        w_hat = self.dequant(s, Cq, groups, idx)
         norm = self.loss(w, torch.zeros_like(w), H)
-        return Result(self.qtype, blocks, w_hat, float(self.loss(w, w_hat.to(w.device), H) / norm), history)
+        return Result(self.qtype, blocks, (rows, cols), float(self.loss(w, w_hat, H) / norm), history, w_hat)

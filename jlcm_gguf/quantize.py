@@ -94,6 +94,7 @@ def quantize_model(hf_dir: Path, calib_text: str, plan: Plan, n_seqs: int = 32, 
                 w = float_target(w, hess[name].to(device), cross[name].to(device))
             res = JLCM(qtype, plan.settings).quantize(w, hess[name].to(device))
             lin.weight.data.copy_(res.weight.to(lin.weight.dtype))
+            res.dequantized = None      # the layer has it; the blocks alone stay (they decode to it)
             results[f"model.layers.{i}.{name}.weight"] = res
         hidden = float_hidden if i >= last else stream.run(layer, hidden)
         del layer, hess, cross
@@ -107,12 +108,11 @@ def quantize_model(hf_dir: Path, calib_text: str, plan: Plan, n_seqs: int = 32, 
     with torch.no_grad():
         for name, res in results.items():
             model.get_submodule(name.removesuffix(".weight")).weight.copy_(res.weight)
-            res.weight = None      # the model holds it now; peak RAM is this stage's
     quantized = {name: (res.qtype, res.blocks) for name, res in results.items()}
     blocks, norms, history = distill(model, quantized, tokens.to(device), float_hidden, plan.distill, quiet)
     for name, res in results.items():
         res.blocks = blocks[name]
-        res.weight = model.get_submodule(name.removesuffix(".weight")).weight.detach().cpu()
+        res.dequantized = model.get_submodule(name.removesuffix(".weight")).weight.detach().cpu()
     seconds["distill"] = time.time() - t1
     return Quantized(results, norms, history, seconds)
 

@@ -136,6 +136,36 @@ def test_quantize_is_deterministic_and_packs_what_it_reports(layer_data, qtype):
     assert 0 < a.rel_error < (0.1 if qtype is pack.JLCM2 else 0.03)
 
 
+GPU_WALK = """
+import sys, torch
+from jlcm_gguf import learn
+w, h, s, C, groups = torch.load(sys.argv[1])
+torch.save(learn.JLCM.error_feedback_assign(w, learn.Gram(h), s, C, groups, gpu_walk=True), sys.argv[2])
+"""
+
+
+@pytest.mark.parametrize("qtype", [pack.JLCM2, pack.JLCM3], ids=lambda t: t.name)
+def test_gpu_column_walk_assigns_what_the_eager_walk_does(layer_data, qtype, tmp_path):
+    """feedback_triton's kernel (the error feedback's column loop on a GPU), run on the CPU by Triton's
+    interpreter, against the eager loop: 16 rows of a real q_proj, 576 columns (blocks of 128 and 64).
+    The interpreter must be chosen before triton is first imported, hence the second process."""
+    import os
+    import subprocess
+    import sys
+    pytest.importorskip("triton")
+    layer, H = layer_data
+    w = layer.self_attn.q_proj.weight.data[:16].float()
+    h = H["self_attn.q_proj"].float()
+    q = learn.JLCM(qtype)
+    s, C, groups, _ = q.init(w, calibrate.Gram(h))
+    eager = q.error_feedback_assign(w, calibrate.Gram(h), s, C, groups, gpu_walk=False)
+    torch.save((w, h, s, C, groups), tmp_path / "in.pt")
+    subprocess.run([sys.executable, "-c", GPU_WALK, str(tmp_path / "in.pt"), str(tmp_path / "out.pt")],
+                   check=True, env={**os.environ, "TRITON_INTERPRET": "1"})
+    assert torch.equal(torch.load(tmp_path / "out.pt"), eager)
+    assert len(torch.unique(eager)) == qtype.n_codes
+
+
 def test_rows_must_be_a_multiple_of_64():
     with pytest.raises(ValueError, match="multiple of 64"):
         learn.JLCM(pack.JLCM2).quantize(torch.randn(8, 96), torch.eye(96))
