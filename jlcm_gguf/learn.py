@@ -19,7 +19,7 @@ import torch
 
 from . import feedback_triton, pack
 from .calibrate import Gram
-from .codebook import weighted_kmeans_1d, weighted_kmeans_1d_rows
+from .codebook import weighted_kmeans_1d_rows
 from .grouping import group_rows
 
 QK = pack.QK
@@ -131,11 +131,27 @@ class JLCM:
         if self.cfg.n_groups == 0:      # a group per row: every (row, block column) on its own, at once
             C = weighted_kmeans_1d_rows(zb.reshape(-1, QK), bimp.reshape(-1, QK), K).view(rows, cols // QK, K)
         else:
-            C = torch.stack([torch.stack([weighted_kmeans_1d(zb[groups == g, b].reshape(-1),
-                                                             bimp[groups == g, b].reshape(-1), K)
-                                          for b in range(cols // QK)])
-                             for g in range(int(groups.max()) + 1)])      # (groups, block columns, K)
+            C = self.group_kmeans(zb, bimp, groups, K)
         return s, C, groups, self._nearest(z, C, groups)
+
+    @staticmethod
+    def group_kmeans(zb, bimp, groups, K):
+        """A codebook per (group, block column): (groups, block columns, K). All of them at once, each
+        group's samples padded to the largest group's count with weightless copies of its largest value
+        (a weightless sample moves no centroid and is never a starting quantile)."""
+        rows, nb, _ = zb.shape
+        G = int(groups.max()) + 1
+        counts = torch.bincount(groups, minlength=G).tolist()
+        n = max(counts) * QK
+        x = zb.new_zeros(G, nb, n)
+        imp = zb.new_zeros(G, nb, n)
+        for g in range(G):
+            members = (groups == g).nonzero().squeeze(1)
+            m = counts[g] * QK
+            x[g, :, :m] = zb[members].transpose(0, 1).reshape(nb, m)
+            imp[g, :, :m] = bimp[members].transpose(0, 1).reshape(nb, m)
+            x[g, :, m:] = x[g, :, :m].max(1, keepdim=True).values
+        return weighted_kmeans_1d_rows(x.view(G * nb, n), imp.view(G * nb, n), K).view(G, nb, K)
 
     @staticmethod
     def error_feedback_assign(w, H, s, C, groups, damp=0.01, block=128, gpu_walk=None):
