@@ -19,7 +19,7 @@ import torch
 
 from . import feedback_triton, pack
 from .calibrate import Gram
-from .codebook import weighted_kmeans_1d_rows
+from .codebook import weighted_kmeans_1d, weighted_kmeans_1d_rows
 from .grouping import group_rows
 
 QK = pack.QK
@@ -130,15 +130,21 @@ class JLCM:
         zb = z.view(rows, cols // QK, QK)
         if self.cfg.n_groups == 0:      # a group per row: every (row, block column) on its own, at once
             C = weighted_kmeans_1d_rows(zb.reshape(-1, QK), bimp.reshape(-1, QK), K).view(rows, cols // QK, K)
-        else:
+        elif w.is_cuda:                 # there a loop of small k-means is bound by launch latency
             C = self.group_kmeans(zb, bimp, groups, K)
+        else:                           # here the loop keeps the bytes of every file made so far
+            C = torch.stack([torch.stack([weighted_kmeans_1d(zb[groups == g, b].reshape(-1),
+                                                             bimp[groups == g, b].reshape(-1), K)
+                                          for b in range(cols // QK)])
+                             for g in range(int(groups.max()) + 1)])      # (groups, block columns, K)
         return s, C, groups, self._nearest(z, C, groups)
 
     @staticmethod
     def group_kmeans(zb, bimp, groups, K):
         """A codebook per (group, block column): (groups, block columns, K). All of them at once, each
         group's samples padded to the largest group's count with weightless copies of its largest value
-        (a weightless sample moves no centroid and is never a starting quantile)."""
+        (a weightless sample moves no centroid and is never a starting quantile). The centroids equal
+        the loop's up to float rounding, which learning can carry into other codes."""
         rows, nb, _ = zb.shape
         G = int(groups.max()) + 1
         counts = torch.bincount(groups, minlength=G).tolist()

@@ -201,6 +201,7 @@ def test_model_loop_quantizes_layer_by_layer():
                 learn.Settings(outer_steps=1, adam_steps=2), DistillSettings(epochs=0))
     res = quantize_model(hf, text, plan, n_seqs=2, seq_len=128, quiet=True, n_layers=2).linears
     assert len(res) == 14
+    assert all(r.dequantized is None for r in res.values())     # blocks only: one layer in float at a time
     store = WeightStore(hf)
     down = res["model.layers.1.mlp.down_proj.weight"]
     assert down.blocks.shape[1] == pack.JLCM3.type_size
