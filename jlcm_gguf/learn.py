@@ -133,11 +133,16 @@ class JLCM:
         elif w.is_cuda:                 # there a loop of small k-means is bound by launch latency
             C = self.group_kmeans(zb, bimp, groups, K)
         else:                           # here the loop keeps the bytes of every file made so far
-            C = torch.stack([torch.stack([weighted_kmeans_1d(zb[groups == g, b].reshape(-1),
-                                                             bimp[groups == g, b].reshape(-1), K)
-                                          for b in range(cols // QK)])
-                             for g in range(int(groups.max()) + 1)])      # (groups, block columns, K)
+            C = self.group_kmeans_loop(zb, bimp, groups, K)
         return s, C, groups, self._nearest(z, C, groups)
+
+    @staticmethod
+    def group_kmeans_loop(zb, bimp, groups, K):
+        """A codebook per (group, block column), one k-means at a time: (groups, block columns, K)."""
+        return torch.stack([torch.stack([weighted_kmeans_1d(zb[groups == g, b].reshape(-1),
+                                                            bimp[groups == g, b].reshape(-1), K)
+                                         for b in range(zb.shape[1])])
+                            for g in range(int(groups.max()) + 1)])
 
     @staticmethod
     def group_kmeans(zb, bimp, groups, K):
@@ -175,22 +180,22 @@ class JLCM:
         U = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
         W = w.clone()
         W[:, dead] = 0
+        sb = s.view(rows, -1)                                           # (rows, block columns)
         cbs = C[groups]                                                 # (rows, block columns, K)
         idx = torch.empty(rows, cols, dtype=torch.long, device=w.device)
         for a in range(0, cols, block):
             b = min(a + block, cols)
             if gpu_walk:
-                Err = feedback_triton.walk_block(W[:, a:b], s.view(rows, -1), cbs, U[a:b, a:b].contiguous(), a, QK,
-                                                 idx[:, a:b])
+                Err = feedback_triton.walk_block(W[:, a:b], sb, cbs, U[a:b, a:b].contiguous(), a, QK, idx[:, a:b])
             else:
-                Err = JLCM._walk_block(W[:, a:b], s, cbs, U, a, b, idx)
+                Err = JLCM._walk_block(W[:, a:b], sb, cbs, U, a, b, idx)
             W[:, b:] -= Err @ U[a:b, b:]
         return idx
 
     @staticmethod
-    def _walk_block(Wb, s, cbs, U, a, b, idx):
-        """Columns a..b-1 of the error feedback, one at a time; returns their scaled errors."""
-        sw = s.view(Wb.shape[0], -1)
+    def _walk_block(Wb, sw, cbs, U, a, b, idx):
+        """Columns a..b-1 of the error feedback, one at a time; returns their scaled errors.
+        sw: (rows, block columns) scales."""
         Wb = Wb.clone()
         Err = torch.zeros_like(Wb)
         for j in range(b - a):

@@ -88,10 +88,7 @@ def test_group_codebooks_at_once_equal_one_group_at_a_time(layer_data):
     zb = (w / w.pow(2).mean(1, keepdim=True).sqrt()).view(w.shape[0], -1, pack.QK)
     bimp = torch.diagonal(H["mlp.down_proj"]).clamp_min(1e-12).expand_as(w).reshape_as(zb)
     at_once = learn.JLCM.group_kmeans(zb, bimp, groups, 8)
-    one = torch.stack([torch.stack([codebook.weighted_kmeans_1d(zb[groups == g, b].reshape(-1),
-                                                                bimp[groups == g, b].reshape(-1), 8)
-                                    for b in range(zb.shape[1])])
-                       for g in range(int(groups.max()) + 1)])
+    one = learn.JLCM.group_kmeans_loop(zb, bimp, groups, 8)
     assert torch.allclose(at_once, one, rtol=1e-5, atol=1e-6)
     z = zb.view_as(w)
     assert torch.equal(learn.JLCM._nearest(z, at_once, groups), learn.JLCM._nearest(z, one, groups))
@@ -158,9 +155,10 @@ def test_quantize_is_deterministic_and_packs_what_it_reports(layer_data, qtype):
 
 GPU_WALK = """
 import sys, torch
-from jlcm_gguf import learn
+from jlcm_gguf.calibrate import Gram
+from jlcm_gguf.learn import JLCM
 w, h, s, C, groups = torch.load(sys.argv[1])
-torch.save(learn.JLCM.error_feedback_assign(w, learn.Gram(h), s, C, groups, gpu_walk=True), sys.argv[2])
+torch.save(JLCM.error_feedback_assign(w, Gram(h), s, C, groups, gpu_walk=True), sys.argv[2])
 """
 
 
