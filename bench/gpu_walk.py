@@ -40,7 +40,7 @@ def one_shape(rows: int, cols: int, qtype: pack.JLCMType) -> dict:
     x = torch.randn(512, cols, device="cuda", generator=g) * torch.rand(cols, device="cuda", generator=g).pow(3) * 4
     w = torch.randn(rows, cols, device="cuda", generator=g) * 0.02
     H = Gram.of(x)
-    q = JLCM(qtype, Settings(outer_steps=0))
+    q = JLCM(qtype, Settings(outer_steps=0, sweeps=0))
     s, C, groups, _ = q.init(w, H)
     q.error_feedback_assign(w[:64], H, s[: 64 * (cols // 64)], C[:64], groups[:64])     # compile the kernel
     eager, t_eager = timed(lambda: q.error_feedback_assign(w, H, s, C, groups, gpu_walk=False))

@@ -96,7 +96,7 @@ def convert_jlcm2(model: Path, out: Path, calib_tokens: int, device: str, comman
     argv = [sys.executable, "-m", "jlcm_gguf.cli", "convert", str(model), "-o", str(out), "--type", "JLCM2",
             "--token-embedding-type", EMBD_TYPE, "--output-tensor-type", OUTPUT_TYPE,
             "--calib-tokens", str(calib_tokens), "--calib-len", "512", "--outer-steps", "0",
-            "--distill-epochs", "0", "--device", device]
+            "--sweeps", "0", "--distill-epochs", "0", "--device", device]
     stats, err = run_logged(argv, commands)
     # tqdm's last "quantizing" bar: layers done and the stage's elapsed time
     bars = re.findall(r"quantizing: 100%\|[^|]*\| (\d+)/\d+ \[([0-9:]+)<", err)

@@ -88,7 +88,7 @@ def cmd_convert(args) -> int:
     opts = convert.Options(qtype=args.type, target_bpw=args.target_bpw, tensor_types=overrides, token_embedding_type=args.token_embedding_type,
                            output_tensor_type=args.output_tensor_type, calib=[Path(p) for p in args.calib or []],
                            calib_tokens=args.calib_tokens, calib_len=args.calib_len, seed=args.seed,
-                           outer_steps=args.outer_steps, n_groups=args.groups, distill_epochs=args.distill_epochs,
+                           outer_steps=args.outer_steps, sweeps=args.sweeps, n_groups=args.groups, distill_epochs=args.distill_epochs,
                            device=args.device,
                            quiet=args.quiet)
     t0 = time.time()
@@ -188,6 +188,8 @@ def main(argv=None) -> int:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--outer-steps", type=int, default=4, help="rounds of codebook/scale and index learning per "
                                                               "linear (default 4; 0: k-means + error feedback)")
+    s.add_argument("--sweeps", type=int, default=3, help="column-by-column index sweeps per linear against its "
+                                                         "stored codebooks (default 3; 0 skips them)")
     s.add_argument("--groups", type=int, default=None, help="row groups per linear that learn one codebook together "
                                                             "(0: every row its own; default: 0 for JLCM2, 16 for "
                                                             "JLCM3, which per-row codebooks do not help; docs/METHOD.md)")

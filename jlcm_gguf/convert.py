@@ -45,6 +45,7 @@ class Options:
     calib_len: int = 512
     seed: int = 0
     outer_steps: int = Settings.outer_steps
+    sweeps: int = Settings.sweeps
     n_groups: int | None = Settings.n_groups     # None: each type's default (learn.DEFAULT_GROUPS)
     distill_epochs: int = DistillSettings.epochs
     device: str = "cpu"
@@ -193,7 +194,8 @@ def convert(model: Path, out: Path, opts: Options) -> tuple[list[Row], list[str]
 
     jlcm = {n: pack.TYPES[t] for n, t in types.items() if t in pack.TYPES}
     plan = Plan(lambda i, lin: jlcm.get(f"model.layers.{i}.{lin}.weight"),
-                Settings(outer_steps=opts.outer_steps, n_groups=opts.n_groups, seed=opts.seed),
+                Settings(outer_steps=opts.outer_steps, sweeps=opts.sweeps, n_groups=opts.n_groups,
+                         seed=opts.seed),
                 DistillSettings(epochs=opts.distill_epochs),
                 held=lambda name, w: torch.from_numpy(gguf_write.stock_values(types[name], w.float().cpu().numpy())))
     q = quantize_model(hf_dir, text, plan, n_seqs=opts.calib_tokens // opts.calib_len, seq_len=opts.calib_len,
@@ -222,6 +224,7 @@ def convert(model: Path, out: Path, opts: Options) -> tuple[list[Row], list[str]
         "jlcm.method": "grouped codebooks + proximal index updates, layer-wise output loss; "
                        "block scales and norms distilled against the float model",
         "jlcm.outer_steps": plan.settings.outer_steps,
+        "jlcm.sweeps": plan.settings.sweeps,
         "jlcm.distill_epochs": plan.distill.epochs,
         "jlcm.seed": opts.seed,
         "jlcm.calibration.files": [Path(p).name for p in opts.calib] or list(assets.CALIBRATION_NOVELS),

@@ -34,6 +34,7 @@ class Settings:
     update: str = "proximal"    # "proximal" | "ste" | "none" (k-means only)
     error_feedback: bool = True # GPTQ-style column-by-column first assignment
     rho: float = 1.0            # proximal weight; doubled whenever a step would raise the loss
+    sweeps: int = 3             # column-by-column index sweeps against the stored (int4) codebooks
     code_bits: int = 4          # stored codebook entries; the formats hold 4 (8 is measured in bench/)
     round_per: str = "block"    # "block" | "group": whose codebook values share one int grid
     target: str = "own"         # "own": W X^T; "float": the float model's output W X_f^T (see float_target)
@@ -84,10 +85,15 @@ def index_step(g, hdiag, s, C, groups, idx, rule: str, rho: float):
     cur = torch.gather(cb, 2, idx.unsqueeze(-1))            # (rows, cols, 1)
     sw = s.repeat_interleave(QK).view_as(idx)               # (rows, cols)
     delta = sw.unsqueeze(-1) * (cb - cur)                   # (rows, cols, K)
-    score = g.unsqueeze(-1) * delta
+    return move_scores(g.unsqueeze(-1), hdiag.view(1, -1, 1), delta, rule, rho).argmin(-1)
+
+
+def move_scores(g, hdiag, delta, rule: str, rho: float = 1.0):
+    """What moving a weight by delta is scored, under either rule (see index_step)."""
+    score = g * delta
     if rule == "proximal":
-        score = score + rho * hdiag.view(1, -1, 1) * delta.pow(2)
-    return score.argmin(-1)
+        score = score + rho * hdiag * delta.pow(2)
+    return score
 
 
 def float_target(w, H, B, damp=0.01):
@@ -282,7 +288,42 @@ class JLCM:
         if self.cfg.update != "none":
             idx, _ = self.fit_indices(w, H, s, Cq, groups, idx, self.cfg.rho)
         s = self.fit_continuous(w, H, s, Cq, groups, idx, self.cfg.adam_steps, codebook=False)[0]
+        for _ in range(self.cfg.sweeps if self.cfg.update != "none" else 0):
+            idx = self.sweep_indices(w, H, s, Cq, groups, idx, self.cfg.update)
+            s = self.fit_continuous(w, H, s, Cq, groups, idx, self.cfg.adam_steps, codebook=False)[0]
         return s.half().float(), Cq, groups, idx
+
+    @staticmethod
+    def sweep_indices(w, H, s, C, groups, idx, rule="proximal", block=128):
+        """The index step taken one column at a time, the gradient refreshed after each (Gauss-Seidel where
+        fit_indices is Jacobi). Column i's weights move by the rule's score with rho = 1, which for the
+        proximal rule is the exact change of the loss given every other weight: no move can raise it, so
+        no rho is needed, and moves of correlated columns no longer work against each other.
+        The gradient is kept as E H (E = W - W^); inside a block of columns it is updated column by column,
+        for the columns after the block at its end, by one matrix product."""
+        Hf = H.full()
+        rows, cols = w.shape
+        idx = idx.clone()
+        w_hat = JLCM.dequant(s, C, groups, idx)
+        EH = (w - w_hat) @ Hf
+        hd = torch.diagonal(Hf)
+        sb = s.view(rows, -1)
+        cbs = C[groups]                                                 # (rows, block columns, K)
+        for a in range(0, cols, block):
+            b = min(a + block, cols)
+            EHb = EH[:, a:b].clone()
+            D = torch.zeros(rows, b - a, dtype=w.dtype, device=w.device)
+            for j in range(b - a):
+                i = a + j
+                delta = sb[:, i // QK, None] * cbs[:, i // QK] - w_hat[:, i, None]      # (rows, K)
+                k = move_scores(-2 * EHb[:, j, None], hd[i], delta, rule).argmin(1)
+                d = delta.gather(1, k[:, None]).squeeze(1)
+                idx[:, i] = k
+                w_hat[:, i] += d
+                D[:, j] = d
+                EHb[:, j + 1:] -= d[:, None] * Hf[i, i + 1:b][None, :]
+            EH[:, b:] -= D @ Hf[a:b, b:]            # columns before a are not read again in this sweep
+        return idx
 
     @staticmethod
     def code_usage(H, groups, idx, shape):

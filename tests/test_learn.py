@@ -126,6 +126,29 @@ def test_proximal_update_moves_to_a_neighbour_and_ste_jumps():
     assert (learn.index_step(g / 3, hdiag, s, C, groups, idx, "proximal", 1.0) == 1).all()
 
 
+def test_index_sweep_makes_each_columns_best_move_given_the_others(layer_data):
+    """sweep_indices against brute force: column by column, each row's index set to the codeword whose
+    full loss, every other weight as it stands, is lowest. Blocks of 64 columns over 192, so both the
+    update inside a block and the one between blocks are exercised."""
+    layer, H = layer_data
+    h = H["self_attn.q_proj"][:192, :192].double()
+    w = layer.self_attn.q_proj.weight.data[:6, :192].double()
+    q = learn.JLCM(pack.JLCM2, learn.Settings(n_groups=0))
+    s, C, groups, idx = q.init(w, calibrate.Gram(h))
+    got = learn.JLCM.sweep_indices(w, calibrate.Gram(h), s, C, groups, idx, block=64)
+    want = idx.clone()
+    for i in range(w.shape[1]):
+        trials = []
+        for k in range(C.shape[-1]):
+            want[:, i] = k
+            e = w - learn.JLCM.dequant(s, C, groups, want)
+            trials.append(((e @ h) * e).sum(1))         # each row's loss
+        want[:, i] = torch.stack(trials, 1).argmin(1)
+    assert torch.equal(got, want)
+    before = learn.JLCM.loss(w, learn.JLCM.dequant(s, C, groups, idx), calibrate.Gram(h))
+    assert learn.JLCM.loss(w, learn.JLCM.dequant(s, C, groups, got), calibrate.Gram(h)) < 0.9 * before
+
+
 def test_learning_lowers_the_output_error_on_real_weights(layer_data):
     layer, H = layer_data
     w = layer.self_attn.q_proj.weight.data
