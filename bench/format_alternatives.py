@@ -79,34 +79,30 @@ def main() -> int:
     base = learn.Settings(n_groups=16)     # the measured rows; JLCM2's default is now a group per row
     stock, stock_types = stock_weights("IQ2_M")
     rows = []
-    for i in range(max(want) + 1):
-        layer = stream.layer(i)
-        if i in want:
-            H = calibrate.collect_hessians(stream, layer, hidden)
-            for name in TENSORS:
-                w = layer.get_submodule(name).weight.data.float()
-                for qtype in (pack.JLCM2, pack.JLCM3):
-                    extra = 8 * (qtype.n_codes // 2) / 64       # int8 entries cost n_codes/2 more bytes
-                    alts = {
-                        "int4 codebook, grid per block (chosen)": (qtype.bpw, base),
-                        "int4 codebook, grid per group": (qtype.bpw, replace(base, round_per="group")),
-                        "int8 codebook, grid per block": (qtype.bpw + extra, replace(base, code_bits=8)),
-                        "int4 codebook, one group per row": (qtype.bpw, replace(base, n_groups=w.shape[0])),
-                    }
-                    for alt, (bpw, cfg) in alts.items():
-                        err = stored_error(qtype, cfg, w, H[name])
-                        rows.append({"layer": i, "tensor": name, "type": qtype.name, "alternative": alt,
-                                     "bpw": bpw, "rel_error": round(err, 7)})
-                        print(rows[-1], flush=True)
-                key = f"model.layers.{i}.{name}.weight"
-                if name == "mlp.down_proj":
-                    h = H[name]
-                    err = float(learn.JLCM.loss(w, stock[key], h) / learn.JLCM.loss(w, torch.zeros_like(w), h))
-                    stype, sbpw = stock_types[f"blk.{i}.ffn_down.weight"]
-                    rows.append({"layer": i, "tensor": name, "type": stype, "alternative": f"stock {stype} (IQ2_M file)",
-                                 "bpw": sbpw, "rel_error": round(err, 7)})
+    for i, layer, H in calibrate.float_layers(stream, hidden, want):
+        for name in TENSORS:
+            w = layer.get_submodule(name).weight.data.float()
+            for qtype in (pack.JLCM2, pack.JLCM3):
+                extra = 8 * (qtype.n_codes // 2) / 64       # int8 entries cost n_codes/2 more bytes
+                alts = {
+                    "int4 codebook, grid per block (chosen)": (qtype.bpw, base),
+                    "int4 codebook, grid per group": (qtype.bpw, replace(base, round_per="group")),
+                    "int8 codebook, grid per block": (qtype.bpw + extra, replace(base, code_bits=8)),
+                    "int4 codebook, one group per row": (qtype.bpw, replace(base, n_groups=w.shape[0])),
+                }
+                for alt, (bpw, cfg) in alts.items():
+                    err = stored_error(qtype, cfg, w, H[name])
+                    rows.append({"layer": i, "tensor": name, "type": qtype.name, "alternative": alt,
+                                 "bpw": bpw, "rel_error": round(err, 7)})
                     print(rows[-1], flush=True)
-        hidden = stream.run(layer, hidden)
+            key = f"model.layers.{i}.{name}.weight"
+            if name == "mlp.down_proj":
+                h = H[name]
+                err = float(learn.JLCM.loss(w, stock[key], h) / learn.JLCM.loss(w, torch.zeros_like(w), h))
+                stype, sbpw = stock_types[f"blk.{i}.ffn_down.weight"]
+                rows.append({"layer": i, "tensor": name, "type": stype, "alternative": f"stock {stype} (IQ2_M file)",
+                             "bpw": sbpw, "rel_error": round(err, 7)})
+                print(rows[-1], flush=True)
     cache.write_json(args.out, {"model": assets.MODEL_NAME, "metric": "relative layer output error L(W^)/tr(W H W^T)",
                                 "calibration": {"seqs": args.calib_seqs, "len": 512, "inputs": "float model"},
                                 "machine": scoreboard.machine_info(),

@@ -179,6 +179,16 @@ def collect_hessians(stream: LayerStream, layer: torch.nn.Module, hidden: torch.
     return {lin: shared[src] if gram else shared[src].full() for src, lins in SHARED_INPUTS.items() for lin in lins}
 
 
+def float_layers(stream: LayerStream, hidden: torch.Tensor, wanted):
+    """(i, layer, H) for each wanted layer index, every layer up to the last wanted one run on the float path
+    (for measurements on single layers, bench/)."""
+    for i in range(max(wanted) + 1):
+        layer = stream.layer(i)
+        if i in wanted:
+            yield i, layer, collect_hessians(stream, layer, hidden)
+        hidden = stream.run(layer, hidden)
+
+
 def collect_cross_moments(stream: LayerStream, layer: torch.nn.Module, float_hidden: torch.Tensor,
                           hidden: torch.Tensor) -> tuple[dict, dict, torch.Tensor]:
     """For every linear input: H = X^T X / n on this (quantized) path and B = X_f^T X / n, X_f the same
