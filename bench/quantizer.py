@@ -223,14 +223,16 @@ def main() -> int:
 def write_views(doc: dict, out: Path) -> None:
     """quantizer.png (KLD against bpw) and quantizer.md (the table the README shows)."""
     scoreboard.plot({**doc, "kld_against": "float32"}, out.with_suffix(".png"))
-    lines = ["| row | kind | variant | calibration | bpw linear | PPL | KLD | quantize s | peak RSS GB |",
-             "|---|---|---|---|---:|---:|---:|---:|---:|"]
+    lines = ["| row | kind | variant | calibration | sweeps | bpw linear | PPL | KLD | quantize s | peak RSS GB |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in doc["rows"]:
         secs = r.get("quantize_seconds")
         rss = r.get("peak_rss_bytes")
         epochs = (r.get("distill") or {}).get("epochs", 0)
         calib = f"{r['calib_seqs']} seqs" + (f" × {epochs} distill" if epochs else "") if "calib_seqs" in r else "—"
-        lines.append(f"| {r['name']} | {r['kind']} | {r['variant']} | {calib} | {r['bpw_linear']:.2f} | {r['ppl']:.3f} | "
+        # rows measured before the index sweeps existed have no `sweeps` setting: they ran none
+        sweeps = (r["settings"].get("sweeps", 0) if r["settings"].get("update") != "none" else 0) if "settings" in r else "—"
+        lines.append(f"| {r['name']} | {r['kind']} | {r['variant']} | {calib} | {sweeps} | {r['bpw_linear']:.2f} | {r['ppl']:.3f} | "
                      f"{r['kld']:.4f} | {'—' if secs is None else f'{secs:.0f}'} | "
                      f"{'—' if rss is None else f'{rss / 2**30:.2f}'} |")
     e = doc["eval"]
