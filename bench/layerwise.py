@@ -39,6 +39,9 @@ from jlcm_gguf import assets, cache, calibrate, learn, pack, scoreboard
 RESULTS = Path(__file__).resolve().parent / "results"
 TENSORS = ("self_attn.q_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 SWEEP_TENSORS = ("self_attn.q_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.down_proj")
+# each RMSNorm and the linears that read its output, which take its gain
+NORM_READERS = {"input_layernorm": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+                "post_attention_layernorm": ("mlp.gate_proj", "mlp.up_proj")}
 
 
 def rotated_state(sd: dict, n_layers: int, Q: torch.Tensor) -> dict:
@@ -50,9 +53,7 @@ def rotated_state(sd: dict, n_layers: int, Q: torch.Tensor) -> dict:
            "lm_head.weight": d.get("lm_head.weight", E) * d["model.norm.weight"] @ Q}
     for i in range(n_layers):
         p = f"model.layers.{i}."
-        reads = {"input_layernorm": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
-                 "post_attention_layernorm": ("mlp.gate_proj", "mlp.up_proj")}
-        for norm, names in reads.items():
+        for norm, names in NORM_READERS.items():
             for n in names:
                 out[p + n + ".weight"] = d[p + n + ".weight"] * d[p + norm + ".weight"] @ Q
             out[p + norm + ".weight"] = one
@@ -125,11 +126,10 @@ def main() -> int:
     doc = {"model": assets.MODEL_NAME, "metric": "relative layer output error L(W^)/tr(W H W^T)",
            "calibration": {"seqs": args.calib_seqs, "len": 512, "inputs": "float model"}}
     if args.lever == "sweeps":
-        variants = {f"{t.name} sweeps={n}": (t, learn.Settings(sweeps=n)) for t in (pack.JLCM2, pack.JLCM3)
-                    for n in (0, 3, 6)}
+        variants = {(t.name, k): (t, learn.Settings(sweeps=k)) for t in (pack.JLCM2, pack.JLCM3) for k in (0, 3, 6)}
         err = errors(hf, tokens, layers, SWEEP_TENSORS, variants)
-        rows = [{"layer": i, "tensor": n, "type": v.split()[0], "sweeps": int(v.split("=")[1]),
-                 "rel_error": round(e, 7), "seconds": round(t, 2)} for (i, n, v), (e, t) in err.items()]
+        rows = [{"layer": i, "tensor": n, "type": t, "sweeps": k, "rel_error": round(e, 7), "seconds": round(sec, 2)}
+                for (i, n, (t, k)), (e, sec) in err.items()]
     else:
         qtype = pack.TYPES[args.type]
         rot = rotated_model(hf, args.seed)

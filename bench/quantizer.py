@@ -220,6 +220,12 @@ def main() -> int:
     return 0
 
 
+def sweeps_run(settings: dict) -> int:
+    """Index sweeps a JLCM row ran: none without index updates, and none in rows measured before the sweeps
+    existed (their settings lack the key)."""
+    return 0 if settings.get("update") == "none" else settings.get("sweeps", 0)
+
+
 def write_views(doc: dict, out: Path) -> None:
     """quantizer.png (KLD against bpw) and quantizer.md (the table the README shows)."""
     scoreboard.plot({**doc, "kld_against": "float32"}, out.with_suffix(".png"))
@@ -230,8 +236,7 @@ def write_views(doc: dict, out: Path) -> None:
         rss = r.get("peak_rss_bytes")
         epochs = (r.get("distill") or {}).get("epochs", 0)
         calib = f"{r['calib_seqs']} seqs" + (f" × {epochs} distill" if epochs else "") if "calib_seqs" in r else "—"
-        # rows measured before the index sweeps existed have no `sweeps` setting: they ran none
-        sweeps = (r["settings"].get("sweeps", 0) if r["settings"].get("update") != "none" else 0) if "settings" in r else "—"
+        sweeps = sweeps_run(r["settings"]) if "settings" in r else "—"
         lines.append(f"| {r['name']} | {r['kind']} | {r['variant']} | {calib} | {sweeps} | {r['bpw_linear']:.2f} | {r['ppl']:.3f} | "
                      f"{r['kld']:.4f} | {'—' if secs is None else f'{secs:.0f}'} | "
                      f"{'—' if rss is None else f'{rss / 2**30:.2f}'} |")

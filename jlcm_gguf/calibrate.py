@@ -182,11 +182,13 @@ def collect_hessians(stream: LayerStream, layer: torch.nn.Module, hidden: torch.
 def float_layers(stream: LayerStream, hidden: torch.Tensor, wanted):
     """(i, layer, H) for each wanted layer index, every layer up to the last wanted one run on the float path
     (for measurements on single layers, bench/)."""
-    for i in range(max(wanted) + 1):
+    last = max(wanted)
+    for i in range(last + 1):
         layer = stream.layer(i)
         if i in wanted:
             yield i, layer, collect_hessians(stream, layer, hidden)
-        hidden = stream.run(layer, hidden)
+        if i < last:        # the last layer's output is never read
+            hidden = stream.run(layer, hidden)
 
 
 def collect_cross_moments(stream: LayerStream, layer: torch.nn.Module, float_hidden: torch.Tensor,
