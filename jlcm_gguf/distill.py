@@ -75,11 +75,14 @@ def head_kl(model, teacher_norm, normed, teacher_hidden, chunk: int = 128) -> to
 
 
 def distill(model, quantized: dict, tokens: torch.Tensor, teacher_hidden: torch.Tensor,
-            settings: DistillSettings, quiet: bool = False) -> tuple[dict[str, np.ndarray], dict, list[float]]:
+            settings: DistillSettings, quiet: bool = False,
+            extra: tuple[dict, ...] = ()) -> tuple[dict[str, np.ndarray], dict, list[float]]:
     """Fit block multipliers and norm gains of `model`, whose linears named in `quantized`
     (HF name -> (JLCMType, blocks)) already hold their dequantized weights.
 
     teacher_hidden: the float model's final hidden states (before the final norm) for `tokens`.
+    extra: more Adam parameter groups to fit alongside (bench/distill_variants.py's biases); the caller
+    reads them back from its own tensors.
     Returns (re-scaled blocks by name, tuned norm gains by HF name, mean loss per epoch)."""
     teacher_norm = copy.deepcopy(model.model.norm)
     for p in model.parameters():
@@ -92,7 +95,10 @@ def distill(model, quantized: dict, tokens: torch.Tensor, teacher_hidden: torch.
     norms = {n: p for n, p in model.named_parameters() if n.endswith("norm.weight")}
     for p in norms.values():
         p.requires_grad_(True)
-    opt = torch.optim.Adam([*scales.values(), *norms.values()], lr=settings.lr)
+    for group in extra:
+        for p in group["params"]:
+            p.requires_grad_(True)
+    opt = torch.optim.Adam([{"params": [*scales.values(), *norms.values()]}, *extra], lr=settings.lr)
     steps = range(0, tokens.shape[0], settings.batch)
     # cosine decay to zero: large moves first, then settle on the fp16 grid's neighbourhood
     sched = torch.optim.lr_scheduler.LambdaLR(

@@ -1,0 +1,144 @@
+#!/usr/bin/env python3
+"""Variants of the end-to-end distillation (step 8 of docs/METHOD.md) on one layer-wise result.
+
+    python bench/distill_variants.py [--type JLCM2] [--calib-seqs 64] [--runs "lr=3e-3;lr=1e-3;bias=0.1"]
+
+The layer-wise stage of the default settings runs once (every linear in --type,
+the calibration of bench/quantizer.py) and its codes, calibration tokens and
+the float model's final hidden states are cached; each run then distils from
+that same start and is evaluated exactly as bench/quantizer.py's JLCM rows are
+(IQ4_NL file for the embeddings, torch evaluation on Pride and Prejudice, ctx
+512 x 60 chunks, KLD against float). With the defaults (lr=3e-3, no biases) a
+run reproduces the quantizer.json row of the type, up to the sweeps and
+calibration the row records.
+
+A run is `key=value,...`:
+  lr=X     the distillation's peak learning rate (default DistillSettings.lr)
+  bias=S   a bias per output row on every JLCM linear, starting at 0, fitted with
+           the rest at S times the learning rate. llama.cpp's llama graph adds
+           such biases when a file has them (32 bits per row: +0.04 bpw here).
+
+Results: bench/results/distill_variants.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from jlcm_gguf import assets, cache, distill, evaluate, pack, quantize, scoreboard
+from jlcm_gguf.learn import Settings
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import quantizer as qbench  # noqa: E402  (the JLCM rows' evaluation, reused)
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def layerwise_state(qtype: pack.JLCMType, n_seqs: int) -> dict:
+    """quantize_model's state just before its distillation: the codes, the tokens, the float hidden states."""
+    path = cache.cache_dir() / "bench" / "distill_variants" / f"{qtype.name}-{n_seqs}.pt"
+    if path.exists():
+        return torch.load(path, weights_only=False)
+    caught = {}
+
+    def grab(model, quantized, tokens, float_hidden, settings, quiet):
+        caught.update(quantized=quantized, tokens=tokens, float_hidden=float_hidden)
+        raise _Caught
+
+    calib = "".join(assets.text_file(n).read_text(encoding="utf-8") for n in assets.CALIBRATION_NOVELS)
+    plan = quantize.Plan(lambda i, n: qtype, Settings(), distill.DistillSettings())
+    real, quantize.distill = quantize.distill, grab
+    t0 = time.time()
+    try:
+        quantize.quantize_model(assets.hf_model_dir(), calib, plan, n_seqs=n_seqs, seed=0)
+    except _Caught:
+        pass
+    finally:
+        quantize.distill = real
+    caught["layers_seconds"] = time.time() - t0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.atomic_path(path)
+    torch.save(caught, tmp)
+    cache.commit_file(tmp, path)
+    return caught
+
+
+class _Caught(Exception):
+    pass
+
+
+def parse_run(spec: str) -> dict:
+    run = {"lr": distill.DistillSettings.lr, "bias": None}
+    for item in filter(None, spec.split(",")):
+        key, _, value = item.partition("=")
+        if key not in run:
+            raise SystemExit(f"--runs: unknown key {key!r} in {spec!r} (known: lr, bias)")
+        run[key] = float(value)
+    return run
+
+
+def distil_run(state: dict, run: dict) -> tuple[dict, dict, dict, list[float], float]:
+    """Distil from the cached state; returns (weights, norms, biases by HF name, loss history, seconds)."""
+    model = quantize._float_model(assets.hf_model_dir(), "cpu")
+    with torch.no_grad():
+        for name, (qtype, blocks) in state["quantized"].items():
+            lin = model.get_submodule(name.removesuffix(".weight"))
+            lin.weight.copy_(torch.from_numpy(pack.dequantize(qtype, blocks)).view_as(lin.weight))
+    biases = {}
+    if run["bias"] is not None:
+        for name in state["quantized"]:
+            lin = model.get_submodule(name.removesuffix(".weight"))
+            lin.bias = torch.nn.Parameter(torch.zeros(lin.out_features))
+            biases[name.removesuffix("weight") + "bias"] = lin.bias
+    extra = ({"params": list(biases.values()), "lr": run["lr"] * run["bias"]},) if biases else ()
+    t0 = time.time()
+    _, norms, history = distill.distill(model, state["quantized"], state["tokens"], state["float_hidden"],
+                                        distill.DistillSettings(lr=run["lr"]), extra=extra)
+    seconds = time.time() - t0
+    weights = {n: model.get_submodule(n.removesuffix(".weight")).weight.detach().clone() for n in state["quantized"]}
+    return weights, norms, {n: b.detach().clone() for n, b in biases.items()}, history, seconds
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--type", default="JLCM2", choices=sorted(pack.TYPES))
+    p.add_argument("--calib-seqs", type=int, default=64)
+    p.add_argument("--runs", default="lr=3e-3;lr=1e-3;lr=1e-2;bias=1;bias=0.1")
+    p.add_argument("--chunks", type=int, default=60)
+    p.add_argument("--out", type=Path, default=RESULTS / "distill_variants.json")
+    args = p.parse_args()
+    torch.set_num_threads(2)
+    from transformers import AutoTokenizer
+
+    qtype = pack.TYPES[args.type]
+    hf = assets.hf_model_dir()
+    data = evaluate.eval_data(AutoTokenizer.from_pretrained(hf), assets.text_file(assets.EVAL_TEXT), 512, args.chunks)
+    ref = evaluate.reference(quantize._float_model(hf, "cpu"), data, "hf-float32")
+    state = layerwise_state(qtype, args.calib_seqs)
+    header = {"what": __doc__.split("\n")[0], "model": assets.MODEL_NAME, "machine": scoreboard.machine_info(),
+              "eval": {"text": data.text, "ctx": 512, "chunks": args.chunks},
+              "commands": ["python bench/distill_variants.py " + shlex.join(sys.argv[1:])]}
+    for spec in args.runs.split(";"):
+        run = parse_run(spec)
+        weights, norms, biases, history, seconds = distil_run(state, run)
+        m = qbench.load_gguf_model(qbench.stock_file(qbench.REST))
+        sd = m.state_dict()
+        for k, v in {**weights, **norms}.items():
+            sd[k].copy_(v)
+        for k, b in biases.items():
+            m.get_submodule(k.removesuffix(".bias")).bias = torch.nn.Parameter(b)
+        row = {"name": f"{args.type} {spec}", "type": args.type, "calib_seqs": args.calib_seqs, **run,
+               "distill_kl": history, "distill_seconds": round(seconds, 1), **evaluate.evaluate(m, data, ref)}
+        print(row, flush=True)
+        scoreboard.merge_rows(args.out, header, [row])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
