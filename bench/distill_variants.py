@@ -23,7 +23,6 @@ Results: bench/results/distill_variants.json.
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 import time
@@ -51,17 +50,15 @@ def layerwise_state(qtype: pack.JLCMType, n_seqs: int) -> dict:
         caught.update(quantized=quantized, tokens=tokens, float_hidden=float_hidden)
         raise _Caught
 
-    calib = "".join(assets.text_file(n).read_text(encoding="utf-8") for n in assets.CALIBRATION_NOVELS)
+    calib = assets.joined_text(assets.CALIBRATION_NOVELS).read_text(encoding="utf-8")
     plan = quantize.Plan(lambda i, n: qtype, Settings(), distill.DistillSettings())
     real, quantize.distill = quantize.distill, grab
-    t0 = time.time()
     try:
         quantize.quantize_model(assets.hf_model_dir(), calib, plan, n_seqs=n_seqs, seed=0)
     except _Caught:
         pass
     finally:
         quantize.distill = real
-    caught["layers_seconds"] = time.time() - t0
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache.atomic_path(path)
     torch.save(caught, tmp)

@@ -72,7 +72,7 @@ def main() -> int:
 
     hf = assets.hf_model_dir()
     tok = AutoTokenizer.from_pretrained(hf)
-    text = "".join(assets.text_file(n).read_text(encoding="utf-8") for n in assets.CALIBRATION_NOVELS)
+    text = assets.joined_text(assets.CALIBRATION_NOVELS).read_text(encoding="utf-8")
     stream = calibrate.LayerStream(hf)
     hidden = stream.embed(calibrate.calibration_tokens(tok, text, args.calib_seqs, 512, 0))
     want = sorted(int(x) for x in args.layers.split(","))

@@ -120,7 +120,7 @@ def main() -> int:
     from transformers import AutoTokenizer
     hf = assets.hf_model_dir()
     tok = AutoTokenizer.from_pretrained(hf)
-    text = "".join(assets.text_file(n).read_text(encoding="utf-8") for n in assets.CALIBRATION_NOVELS)
+    text = assets.joined_text(assets.CALIBRATION_NOVELS).read_text(encoding="utf-8")
     tokens = calibrate.calibration_tokens(tok, text, args.calib_seqs, 512, 0)
     layers = sorted(int(x) for x in args.layers.split(","))
     doc = {"model": assets.MODEL_NAME, "metric": "relative layer output error L(W^)/tr(W H W^T)",

@@ -165,7 +165,7 @@ def main() -> int:
     float_model = AutoModelForCausalLM.from_pretrained(hf, dtype=torch.float32)
     ref = evaluate.reference(float_model, data, "hf-float32")
     del float_model
-    calib = "".join(assets.text_file(n).read_text(encoding="utf-8") for n in assets.CALIBRATION_NOVELS)
+    calib = assets.joined_text(assets.CALIBRATION_NOVELS).read_text(encoding="utf-8")
     header = {
         "model": assets.MODEL_NAME,
         "eval": {"text": data.text, "ctx": args.ctx, "chunks": args.chunks, "scored_tokens_per_chunk": args.ctx // 2 - 1,
