@@ -170,13 +170,60 @@ class _Moments:
 
 
 def collect_hessians(stream: LayerStream, layer: torch.nn.Module, hidden: torch.Tensor,
-                     gram: bool = False) -> dict:
+                     gram: bool = False, weights: dict[str, torch.Tensor] | None = None) -> dict:
     """H = X^T X / n for the input of every linear in the layer (shared inputs computed once);
-    gram=True gives them as `Gram`s (factored where tokens are fewer than features)."""
-    acc = {src: _Moments() for src in SHARED_INPUTS}
-    _run_hooked(stream, layer, hidden, SHARED_INPUTS, lambda src, x: acc[src].add(x))
-    shared = {src: a.gram(factored=gram) for src, a in acc.items()}
-    return {lin: shared[src] if gram else shared[src].full() for src, lins in SHARED_INPUTS.items() for lin in lins}
+    gram=True gives them as `Gram`s (factored where tokens are fewer than features).
+    weights: a weight per token (sequence-major) for each linear, H = sum_t w_t x_t x_t^T / n
+    (`token_weights`); linears that share an input then get an H each."""
+    if weights is None:
+        acc = {src: _Moments() for src in SHARED_INPUTS}
+        _run_hooked(stream, layer, hidden, SHARED_INPUTS, lambda src, x: acc[src].add(x))
+        shared = {src: a.gram(factored=gram) for src, a in acc.items()}
+        return {lin: shared[src] if gram else shared[src].full() for src, lins in SHARED_INPUTS.items() for lin in lins}
+    acc = {lin: _Moments() for lin in LINEARS}
+    seen = {src: 0 for src in SHARED_INPUTS}
+
+    def add(src, x):
+        x = x.reshape(-1, x.shape[-1])
+        a, seen[src] = seen[src], seen[src] + x.shape[0]
+        for lin in SHARED_INPUTS[src]:
+            acc[lin].add(x * weights[lin][a:seen[src]].to(x.device).sqrt().unsqueeze(1))
+
+    _run_hooked(stream, layer, hidden, SHARED_INPUTS, add)
+    return {lin: a.gram(factored=gram) if gram else a.gram(factored=False).full() for lin, a in acc.items()}
+
+
+def output_energy(model, tokens: torch.Tensor, score_from: int, quiet: bool = True) -> dict[tuple[int, str], torch.Tensor]:
+    """e_t = |dL/dy_t|^2 for the output y of every linear (by (layer index, HF name)) at every calibration
+    token (sequence-major), L the float model's next-token cross-entropy on positions score_from and on.
+    The evaluation scores the second half of each window; a window's first tokens, with no context,
+    would otherwise hold most of the gradient."""
+    from tqdm import tqdm
+    for p in model.parameters():
+        p.requires_grad_(False)         # gradients of activations only: no weight gradient is formed
+    energy: dict[tuple[int, str], list] = {}
+
+    def keep(key):
+        return lambda _m, _gi, go: energy.setdefault(key, []).append(go[0].pow(2).sum(-1).flatten().cpu())
+
+    hooks = [layer.get_submodule(lin).register_full_backward_hook(keep((i, lin)))
+             for i, layer in enumerate(model.model.layers) for lin in LINEARS]
+    try:
+        for seq in tqdm(tokens.split(1), desc="output gradients", unit="seq", leave=False, disable=quiet):
+            x = model.model.embed_tokens(seq).requires_grad_(True)     # so the graph reaches every linear
+            h = model.model(inputs_embeds=x).last_hidden_state[0, score_from - 1:-1]
+            logits = model.lm_head(h)                                  # the scored positions only
+            torch.nn.functional.cross_entropy(logits.float(), seq[0, score_from:], reduction="sum").backward()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    # backward visits the sequences in order, so the parts concatenate in token order
+    return {key: torch.cat(parts) for key, parts in energy.items()}
+
+
+def token_weights(energy: dict[tuple[int, str], torch.Tensor], mix: float) -> dict[tuple[int, str], torch.Tensor]:
+    """w_t = (1 - mix) + mix * e_t / mean(e): mix = 0 is the plain H, 1 GuidedQuant's (one group of rows)."""
+    return {key: (1 - mix) + mix * e / e.mean() for key, e in energy.items()}
 
 
 def float_layers(stream: LayerStream, hidden: torch.Tensor, wanted):

@@ -88,7 +88,7 @@ def cmd_convert(args) -> int:
     opts = convert.Options(qtype=args.type, target_bpw=args.target_bpw, tensor_types=overrides, token_embedding_type=args.token_embedding_type,
                            output_tensor_type=args.output_tensor_type, calib=[Path(p) for p in args.calib or []],
                            calib_tokens=args.calib_tokens, calib_len=args.calib_len, seed=args.seed,
-                           outer_steps=args.outer_steps, sweeps=args.sweeps, n_groups=args.groups, distill_epochs=args.distill_epochs,
+                           outer_steps=args.outer_steps, sweeps=args.sweeps, guide=args.guide, n_groups=args.groups, distill_epochs=args.distill_epochs,
                            device=args.device,
                            quiet=args.quiet)
     t0 = time.time()
@@ -190,6 +190,11 @@ def main(argv=None) -> int:
                                                               "linear (default 4; 0: k-means + error feedback)")
     s.add_argument("--sweeps", type=int, default=3, help="column-by-column index sweeps per linear against its "
                                                          "stored codebooks (default 3; 0 skips them)")
+    s.add_argument("--guide", type=float, default=0.0, metavar="MIX",
+                   help="weight each calibration token in the layer-wise loss by how much the float model's loss "
+                        "depends on that layer's output there: (1 - MIX) + MIX * |dL/dy|^2 / mean (default 0: off; "
+                        "0.5 lowered JLCM2's KLD by 5%% for about 20%% more time; holds the model whole, like the "
+                        "distillation; docs/METHOD.md)")
     s.add_argument("--groups", type=int, default=None, help="row groups per linear that learn one codebook together "
                                                             "(0: every row its own; default: 0 for JLCM2, 16 for "
                                                             "JLCM3, which per-row codebooks do not help; docs/METHOD.md)")

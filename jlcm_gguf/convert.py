@@ -46,6 +46,7 @@ class Options:
     seed: int = 0
     outer_steps: int = Settings.outer_steps
     sweeps: int = Settings.sweeps
+    guide: float = Settings.guide
     n_groups: int | None = Settings.n_groups     # None: each type's default (learn.DEFAULT_GROUPS)
     distill_epochs: int = DistillSettings.epochs
     device: str = "cpu"
@@ -178,6 +179,8 @@ def convert(model: Path, out: Path, opts: Options) -> tuple[list[Row], list[str]
         raise ConvertError(f"--groups {opts.n_groups}: give a number of row groups, or 0 for a group per row")
     if opts.calib_tokens < opts.calib_len:
         raise ConvertError(f"--calib-tokens {opts.calib_tokens} is less than one {opts.calib_len}-token sequence")
+    if not 0 <= opts.guide <= 1:
+        raise ConvertError(f"--guide {opts.guide}: give a mix between 0 (off) and 1 (the gradient weights alone)")
 
     hf_dir = resolve_model(model, opts.quiet)
     config = check_model(hf_dir)
@@ -195,7 +198,7 @@ def convert(model: Path, out: Path, opts: Options) -> tuple[list[Row], list[str]
     jlcm = {n: pack.TYPES[t] for n, t in types.items() if t in pack.TYPES}
     plan = Plan(lambda i, lin: jlcm.get(f"model.layers.{i}.{lin}.weight"),
                 Settings(outer_steps=opts.outer_steps, sweeps=opts.sweeps, n_groups=opts.n_groups,
-                         seed=opts.seed),
+                         guide=opts.guide, seed=opts.seed),
                 DistillSettings(epochs=opts.distill_epochs),
                 held=lambda name, w: torch.from_numpy(gguf_write.stock_values(types[name], w.float().cpu().numpy())))
     q = quantize_model(hf_dir, text, plan, n_seqs=opts.calib_tokens // opts.calib_len, seq_len=opts.calib_len,
@@ -225,6 +228,7 @@ def convert(model: Path, out: Path, opts: Options) -> tuple[list[Row], list[str]
                        "block scales and norms distilled against the float model",
         "jlcm.outer_steps": plan.settings.outer_steps,
         "jlcm.sweeps": plan.settings.sweeps,
+        "jlcm.guide": plan.settings.guide,
         "jlcm.distill_epochs": plan.distill.epochs,
         "jlcm.seed": opts.seed,
         "jlcm.calibration.files": [Path(p).name for p in opts.calib] or list(assets.CALIBRATION_NOVELS),

@@ -38,6 +38,7 @@ class Settings:
     code_bits: int = 4          # stored codebook entries; the formats hold 4 (8 is measured in bench/)
     round_per: str = "block"    # "block" | "group": whose codebook values share one int grid
     target: str = "own"         # "own": W X^T; "float": the float model's output W X_f^T (see float_target)
+    guide: float = 0.0          # weight tokens by the end loss's output gradients (calibrate.token_weights); 0: off
     seed: int = 0
 
 

@@ -12,7 +12,8 @@ import torch
 from tqdm import tqdm
 
 from . import pack
-from .calibrate import LINEARS, LayerStream, calibration_tokens, collect_cross_moments, collect_hessians
+from .calibrate import (LINEARS, LayerStream, calibration_tokens, collect_cross_moments, collect_hessians,
+                        output_energy, token_weights)
 from .distill import DistillSettings, distill
 from .learn import JLCM, Result, Settings, float_target
 
@@ -63,6 +64,11 @@ def quantize_model(hf_dir: Path, calib_text: str, plan: Plan, n_seqs: int = 32, 
     tok = AutoTokenizer.from_pretrained(hf_dir)
     stream = LayerStream(hf_dir, device)
     tokens = calibration_tokens(tok, calib_text, n_seqs, seq_len, seed)
+    weights = None
+    if plan.settings.guide > 0:
+        # before the layer loop: the float model is needed whole, once, then dropped
+        energy = output_energy(_float_model(hf_dir, device), tokens.to(device), seq_len // 2, quiet)
+        weights = token_weights(energy, plan.settings.guide)
     hidden = stream.embed(tokens)
     teach = plan.distill.epochs > 0
     to_float = plan.settings.target == "float"
@@ -83,7 +89,8 @@ def quantize_model(hf_dir: Path, calib_text: str, plan: Plan, n_seqs: int = 32, 
             plan.hold(layer, i)
         if any(chosen.values()) and not cross:
             # after hold(): the inputs come through the weights the file holds
-            hess = collect_hessians(stream, layer, hidden, gram=True)
+            hess = collect_hessians(stream, layer, hidden, gram=True,
+                                    weights=None if weights is None else {n: weights[(i, n)] for n in LINEARS})
         for name, qtype in chosen.items():
             if qtype is None:
                 continue

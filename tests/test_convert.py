@@ -185,6 +185,8 @@ def test_unknown_type_names_the_flag(hf, tmp_path):
     assert_refused(r, "--tensor-type", "REGEX=TYPE")
     r = convert(hf, tmp_path / "out.gguf", "--groups", "-1")
     assert_refused(r, "--groups", "-1")
+    r = convert(hf, tmp_path / "out.gguf", "--guide", "1.5")
+    assert_refused(r, "--guide", "1.5")
     assert leftovers(tmp_path) == []
 
 

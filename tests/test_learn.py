@@ -45,6 +45,73 @@ def test_hessians_are_shared_by_inputs(layer_data):
     assert ev.min() > -1e-6 * ev.max()   # X^T X is positive semi-definite
 
 
+def test_token_weights_give_each_linear_its_weighted_moment():
+    stream = calibrate.LayerStream(assets.hf_model_dir())
+    hidden = stream.embed(torch.arange(200, 328).view(2, 64))
+    layer = stream.layer(0)
+    xs, _ = calibrate.capture_inputs(stream, layer, hidden, calibrate.SHARED_INPUTS)
+    plain = calibrate.collect_hessians(stream, layer, hidden)
+    g = torch.Generator().manual_seed(0)
+    weights = {lin: torch.rand(128, generator=g) * 3 for lin in calibrate.LINEARS}
+    ones = calibrate.collect_hessians(stream, layer, hidden, weights={lin: torch.ones(128) for lin in calibrate.LINEARS})
+    H = calibrate.collect_hessians(stream, layer, hidden, weights=weights)
+    for src, lins in calibrate.SHARED_INPUTS.items():
+        x = xs[src].double()
+        for lin in lins:
+            assert torch.allclose(ones[lin], plain[lin], rtol=1e-5, atol=1e-7)
+            ref = (x.T * weights[lin].double()) @ x / x.shape[0]
+            assert torch.allclose(H[lin].double(), ref, rtol=1e-4, atol=1e-6 * ref.abs().max().item())
+    assert not torch.allclose(H["self_attn.q_proj"], H["self_attn.k_proj"])     # q and k: their own weights
+
+
+def test_output_energy_is_each_linear_outputs_squared_gradient():
+    """Checked against autograd's gradient of one linear's output, kept by retain_grad, on two sequences:
+    sequence-major order, zero where no scored prediction can see the output (the last position)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    hf = assets.hf_model_dir()
+    model = AutoModelForCausalLM.from_pretrained(hf, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(hf)
+    tokens = calibrate.calibration_tokens(tok, assets.text_file("emma").read_text(encoding="utf-8"), 2, 32, seed=0)
+    energy = calibrate.output_energy(model, tokens, 16)
+    assert len(energy) == 30 * 7 and all(e.shape == (64,) for e in energy.values())
+    lin = model.model.layers[3].mlp.up_proj
+    kept = []
+
+    def keep(_m, _a, y):
+        y.retain_grad()
+        kept.append(y)
+
+    hook = lin.register_forward_hook(keep)
+    for seq in tokens.split(1):
+        x = model.model.embed_tokens(seq).requires_grad_(True)
+        logits = model(inputs_embeds=x).logits[0, 15:-1]
+        torch.nn.functional.cross_entropy(logits, seq[0, 16:], reduction="sum").backward()
+    hook.remove()
+    ref = torch.cat([y.grad.pow(2).sum(-1).flatten() for y in kept])
+    assert torch.allclose(energy[(3, "mlp.up_proj")], ref, rtol=1e-4, atol=1e-12)
+    assert energy[(3, "mlp.up_proj")][[31, 63]].abs().max() == 0 and ref[:31].min() > 0
+    w = calibrate.token_weights(energy, 0.5)[(3, "mlp.up_proj")]
+    assert torch.isclose(w.mean(), torch.tensor(1.0)) and w.min() >= 0.5
+
+
+def test_guided_model_loop_changes_the_codes_and_stays_deterministic():
+    from jlcm_gguf.distill import DistillSettings
+    from jlcm_gguf.quantize import Plan, quantize_model
+    hf = assets.hf_model_dir()
+    text = assets.text_file("emma").read_text(encoding="utf-8")
+    kw = dict(n_seqs=2, seq_len=128, quiet=True, n_layers=1)
+    key = "model.layers.0.mlp.down_proj.weight"
+
+    def run(guide):
+        plan = Plan(lambda i, name: pack.JLCM2, learn.Settings(outer_steps=1, adam_steps=2, sweeps=0, guide=guide),
+                    DistillSettings(epochs=0))
+        return quantize_model(hf, text, plan, **kw).linears[key].blocks
+
+    guided = run(0.5)
+    assert np.array_equal(guided, run(0.5))
+    assert not np.array_equal(guided, run(0.0))
+
+
 def test_calibration_refuses_short_text():
     from transformers import AutoTokenizer
     tok = AutoTokenizer.from_pretrained(assets.hf_model_dir())
