@@ -16,7 +16,8 @@ ARM: the NEON inner loops of csrc/jlcm-arm.c and of the pinned ggml's
 arch/arm/quants.c, compiled with the aarch64 build's flags
 (-O3 -march=armv8.2-a+dotprod, aarch64-linux-gnu-gcc), cut out of the assembly
 and run through llvm-mca for Cortex-A76 and Cortex-A55: cycles per 256
-weights. A loop's weights are 16 per sdot it holds; a superblock type's outer
+weights. (llvm-mca 14 has no A76 model of its own: -mcpu=cortex-a76 runs its
+Cortex-A57 model.) A loop's weights are 16 per sdot it holds; a superblock type's outer
 loop (256 weights) counts its inner loop once per trip.
 """
 from __future__ import annotations
