@@ -193,7 +193,7 @@ def main(argv=None) -> int:
     s.add_argument("--guide", type=float, default=0.0, metavar="MIX",
                    help="weight each calibration token in the layer-wise loss by how much the float model's loss "
                         "depends on that layer's output there: (1 - MIX) + MIX * |dL/dy|^2 / mean (default 0: off; "
-                        "0.5 lowered JLCM2's KLD by 5%% for about 20%% more time; holds the model whole, like the "
+                        "0.5 lowered JLCM2's KLD by 5%% for 25-35%% more time; holds the model whole, like the "
                         "distillation; docs/METHOD.md)")
     s.add_argument("--groups", type=int, default=None, help="row groups per linear that learn one codebook together "
                                                             "(0: every row its own; default: 0 for JLCM2, 16 for "
