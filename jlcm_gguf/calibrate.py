@@ -223,7 +223,7 @@ def output_energy(model, tokens: torch.Tensor, score_from: int, quiet: bool = Tr
 
 def token_weights(energy: dict[tuple[int, str], torch.Tensor], mix: float) -> dict[tuple[int, str], torch.Tensor]:
     """w_t = (1 - mix) + mix * e_t / mean(e): mix = 0 is the plain H, 1 GuidedQuant's (one group of rows)."""
-    return {key: (1 - mix) + mix * e / e.mean() for key, e in energy.items()}
+    return {key: (1 - mix) + mix * e / e.mean().clamp_min(torch.finfo(e.dtype).tiny) for key, e in energy.items()}
 
 
 def float_layers(stream: LayerStream, hidden: torch.Tensor, wanted):
