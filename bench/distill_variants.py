@@ -124,10 +124,7 @@ def main() -> int:
     for spec in args.runs.split(";"):
         run = parse_run(spec)
         weights, norms, biases, history, seconds = distil_run(state, run)
-        m = qbench.load_gguf_model(qbench.stock_file(qbench.REST))
-        sd = m.state_dict()
-        for k, v in {**weights, **norms}.items():
-            sd[k].copy_(v)
+        m = qbench.rest_model({**weights, **norms})
         for k, b in biases.items():
             m.get_submodule(k.removesuffix(".bias")).bias = torch.nn.Parameter(b)
         row = {"name": f"{args.type} {spec}", "type": args.type, "calib_seqs": args.calib_seqs, **run,

@@ -78,10 +78,7 @@ def main() -> int:
         t0 = time.time()
         q = quantize.quantize_model(hf, calib, plan, n_seqs=args.calib_seqs, seed=Settings().seed)
         seconds = time.time() - t0
-        m = qbench.load_gguf_model(qbench.stock_file(qbench.REST))
-        sd = m.state_dict()
-        for k, v in {**{k: r.weight for k, r in q.linears.items()}, **q.norms}.items():
-            sd[k].copy_(v)
+        m = qbench.rest_model({**{k: r.weight for k, r in q.linears.items()}, **q.norms})
         row = {"name": f"{args.type} {spec}", "type": args.type, "calib_seqs": args.calib_seqs, **run,
                "quantize_seconds": round(seconds, 1),
                "stages": q.seconds, "distill_kl": q.distill_history, **evaluate.evaluate(m, data, ref)}

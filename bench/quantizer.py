@@ -116,6 +116,15 @@ def load_gguf_model(path: Path):
     return AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
 
 
+def rest_model(tensors: dict, rest_path: Path | None = None):
+    """The REST file's model with `tensors` (HF name -> values) in place of its own: how a JLCM row is evaluated."""
+    m = load_gguf_model(rest_path or stock_file(REST))
+    sd = m.state_dict()
+    for k, v in tensors.items():
+        sd[k].copy_(v)
+    return m
+
+
 def linear_bits(rest: dict, down_t, other_t, first_t=None, n_layers: int = 1) -> float:
     """bpw of the linear layers for a row: JLCM blocks where JLCM is used, the REST file's bytes elsewhere
     (every ffn_down layer has the same shape, so the first eighth holds n_down * k / n_layers weights)."""
@@ -206,11 +215,7 @@ def main() -> int:
                    args.calib_seqs, args.device, out)
             with mp.get_context("spawn").Pool(1) as pool:
                 seconds, rss, stages = pool.apply(_quantize_job, (job,))
-            weights = torch.load(out)
-            m = load_gguf_model(rest_path)
-            sd = m.state_dict()
-            for k, w in weights.items():
-                sd[k].copy_(w)
+            m = rest_model(torch.load(out), rest_path)
             row = {"name": name, "kind": "jlcm", "variant": variant,
                    "bpw_linear": round(linear_bits(rest, down_t, other_t, first_t, n_layers), 4),
                    "settings": vars(settings), "distill": vars(distill), "calib_seqs": args.calib_seqs, **stages, "quantize_seconds": round(seconds, 1), "peak_rss_bytes": rss,
