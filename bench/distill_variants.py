@@ -17,6 +17,10 @@ A run is `key=value,...`:
   bias=S   a bias per output row on every JLCM linear, starting at 0, fitted with
            the rest at S times the learning rate. llama.cpp's llama graph adds
            such biases when a file has them (32 bits per row: +0.04 bpw here).
+  seqs=N   distil on N calibration sequences instead of the cached ones: the
+           windows quantize_model would draw for N (a superset of the cached
+           ones, same seed), the float model's final hidden states computed for
+           them here. The layer-wise stage still saw only --calib-seqs.
 
 Results: bench/results/distill_variants.json.
 """
@@ -30,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from jlcm_gguf import assets, cache, distill, evaluate, pack, quantize, scoreboard
+from jlcm_gguf import assets, cache, calibrate, distill, evaluate, pack, quantize, scoreboard
 from jlcm_gguf.learn import Settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -71,13 +75,31 @@ class _Caught(Exception):
 
 
 def parse_run(spec: str) -> dict:
-    run = {"lr": distill.DistillSettings.lr, "bias": None}
+    run = {"lr": distill.DistillSettings.lr, "bias": None, "seqs": None}
     for item in filter(None, spec.split(",")):
         key, _, value = item.partition("=")
         if key not in run:
-            raise SystemExit(f"--runs: unknown key {key!r} in {spec!r} (known: lr, bias)")
+            raise SystemExit(f"--runs: unknown key {key!r} in {spec!r} (known: lr, bias, seqs)")
         run[key] = float(value)
     return run
+
+
+def more_data(state: dict, n_seqs: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(tokens, float final hidden states before the final norm) for n_seqs calibration windows."""
+    from transformers import AutoTokenizer
+    calib = assets.joined_text(assets.CALIBRATION_NOVELS).read_text(encoding="utf-8")
+    tokens = calibrate.calibration_tokens(AutoTokenizer.from_pretrained(assets.hf_model_dir()), calib, n_seqs, 512, 0)
+    cached = {tuple(t.tolist()) for t in state["tokens"]}
+    if not cached <= {tuple(t.tolist()) for t in tokens}:
+        raise SystemExit("seqs=N: the cached calibration windows are not among the N drawn; was the cache made with another seed?")
+    model = quantize._float_model(assets.hf_model_dir(), "cpu")
+    caught = []
+    hook = model.model.norm.register_forward_hook(lambda mod, args, out: caught.append(args[0].detach()))
+    with torch.no_grad():
+        for t in tokens.split(8):
+            model.model(t)
+    hook.remove()
+    return tokens, torch.cat(caught)
 
 
 def distil_run(state: dict, run: dict) -> tuple[dict, dict, dict, list[float], float]:
@@ -94,8 +116,11 @@ def distil_run(state: dict, run: dict) -> tuple[dict, dict, dict, list[float], f
             lin.bias = torch.nn.Parameter(torch.zeros(lin.out_features))
             biases[name.removesuffix("weight") + "bias"] = lin.bias
     extra = ({"params": list(biases.values()), "lr": run["lr"] * run["bias"]},) if biases else ()
+    tokens, hidden = state["tokens"], state["float_hidden"]
+    if run["seqs"] is not None:
+        tokens, hidden = more_data(state, int(run["seqs"]))
     t0 = time.time()
-    _, norms, history = distill.distill(model, state["quantized"], state["tokens"], state["float_hidden"],
+    _, norms, history = distill.distill(model, state["quantized"], tokens, hidden,
                                         distill.DistillSettings(lr=run["lr"]), extra=extra)
     seconds = time.time() - t0
     weights = {n: model.get_submodule(n.removesuffix(".weight")).weight.detach().clone() for n in state["quantized"]}
