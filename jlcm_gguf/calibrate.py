@@ -250,14 +250,23 @@ def collect_cross_moments(stream: LayerStream, layer: torch.nn.Module, float_hid
     return per_lin(H), per_lin(B), out
 
 
+def calibration_windows(tokenizer, text: str, n_seqs: int, seq_len: int, seed: int,
+                        n_more: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """n_seqs + n_more disjoint windows of seq_len tokens at seeded random offsets of the tokenized text,
+    in text order, and the indices of the first n_seqs drawn among them. The first n_seqs are the windows
+    calibration_tokens gives for n_seqs: more windows (the distillation's) never change the calibration's."""
+    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids[0]
+    if ids.numel() < (n_seqs + n_more) * seq_len:
+        raise ValueError(f"calibration text has {ids.numel()} tokens, fewer than {n_seqs + n_more} windows of "
+                         f"{seq_len}")
+    g = torch.Generator().manual_seed(seed)
+    slots = ids.numel() // seq_len
+    drawn = torch.randperm(slots, generator=g)[:n_seqs + n_more]
+    pick, order = torch.sort(drawn)
+    first = torch.nonzero(order < n_seqs).flatten()
+    return torch.stack([ids[p * seq_len:(p + 1) * seq_len] for p in pick.tolist()]), first
+
+
 def calibration_tokens(tokenizer, text: str, n_seqs: int, seq_len: int, seed: int) -> torch.Tensor:
     """n_seqs windows of seq_len tokens at seeded random offsets of the tokenized text."""
-    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids[0]
-    if ids.numel() < n_seqs * seq_len:
-        raise ValueError(f"calibration text has {ids.numel()} tokens, fewer than --calib-seqs x --calib-len = "
-                         f"{n_seqs} x {seq_len}; give more text with --calib-text or lower --calib-seqs")
-    g = torch.Generator().manual_seed(seed)
-    # disjoint windows: choose n_seqs of the text's seq_len-token slots
-    slots = ids.numel() // seq_len
-    pick = torch.sort(torch.randperm(slots, generator=g)[:n_seqs]).values
-    return torch.stack([ids[p * seq_len:(p + 1) * seq_len] for p in pick.tolist()])
+    return calibration_windows(tokenizer, text, n_seqs, seq_len, seed)[0]

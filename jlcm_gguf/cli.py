@@ -89,6 +89,7 @@ def cmd_convert(args) -> int:
                            output_tensor_type=args.output_tensor_type, calib=[Path(p) for p in args.calib or []],
                            calib_tokens=args.calib_tokens, calib_len=args.calib_len, seed=args.seed,
                            outer_steps=args.outer_steps, sweeps=args.sweeps, guide=args.guide, n_groups=args.groups, distill_epochs=args.distill_epochs,
+                           distill_seqs=args.distill_seqs,
                            device=args.device,
                            quiet=args.quiet)
     t0 = time.time()
@@ -200,6 +201,9 @@ def main(argv=None) -> int:
                                                             "JLCM3, which per-row codebooks do not help; docs/METHOD.md)")
     s.add_argument("--distill-epochs", type=int, default=1, help="epochs of end-to-end distillation of block scales "
                                                                  "and norms (default 1; 0 skips it)")
+    s.add_argument("--distill-seqs", type=int, default=0, metavar="N",
+                   help="distil on N windows of --calib-len tokens: the calibration's and N minus those more from the "
+                        "same text (default 0: the calibration's alone). Time grows with N; docs/METHOD.md")
     s.add_argument("--device", default="cpu", help="torch device for the learning (e.g. cuda)")
     s.add_argument("--quiet", action="store_true", help="no progress bars or summary")
     s.set_defaults(func=cmd_convert)

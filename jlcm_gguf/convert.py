@@ -49,6 +49,7 @@ class Options:
     guide: float = Settings.guide
     n_groups: int | None = Settings.n_groups     # None: each type's default (learn.DEFAULT_GROUPS)
     distill_epochs: int = DistillSettings.epochs
+    distill_seqs: int = DistillSettings.seqs
     device: str = "cpu"
     quiet: bool = False
 
@@ -133,6 +134,9 @@ def calibration_text(opts: Options, tokenizer) -> str:
     if have < opts.calib_tokens:
         raise ConvertError(f"calibration text has {have} tokens, fewer than --calib-tokens {opts.calib_tokens}; "
                            "give more text with --calib or lower --calib-tokens")
+    if opts.distill_epochs and have < opts.distill_seqs * opts.calib_len:
+        raise ConvertError(f"calibration text has {have} tokens, fewer than --distill-seqs {opts.distill_seqs} x "
+                           f"--calib-len {opts.calib_len}; give more text with --calib or lower --distill-seqs")
     return text
 
 
@@ -181,6 +185,10 @@ def convert(model: Path, out: Path, opts: Options) -> tuple[list[Row], list[str]
         raise ConvertError(f"--calib-tokens {opts.calib_tokens} is less than one {opts.calib_len}-token sequence")
     if not 0 <= opts.guide <= 1:
         raise ConvertError(f"--guide {opts.guide}: give a mix between 0 (off) and 1 (the gradient weights alone)")
+    if opts.distill_seqs and opts.distill_seqs * opts.calib_len < opts.calib_tokens:
+        raise ConvertError(f"--distill-seqs {opts.distill_seqs} is fewer than the calibration's "
+                           f"{opts.calib_tokens // opts.calib_len} sequences, which the distillation always uses; "
+                           "give more, or 0 for those alone")
 
     hf_dir = resolve_model(model, opts.quiet)
     config = check_model(hf_dir)
@@ -199,7 +207,7 @@ def convert(model: Path, out: Path, opts: Options) -> tuple[list[Row], list[str]
     plan = Plan(lambda i, lin: jlcm.get(f"model.layers.{i}.{lin}.weight"),
                 Settings(outer_steps=opts.outer_steps, sweeps=opts.sweeps, n_groups=opts.n_groups,
                          guide=opts.guide, seed=opts.seed),
-                DistillSettings(epochs=opts.distill_epochs),
+                DistillSettings(epochs=opts.distill_epochs, seqs=opts.distill_seqs),
                 held=lambda name, w: torch.from_numpy(gguf_write.stock_values(types[name], w.float().cpu().numpy())))
     q = quantize_model(hf_dir, text, plan, n_seqs=opts.calib_tokens // opts.calib_len, seq_len=opts.calib_len,
                        seed=opts.seed, device=opts.device, quiet=opts.quiet)
@@ -230,6 +238,7 @@ def convert(model: Path, out: Path, opts: Options) -> tuple[list[Row], list[str]
         "jlcm.sweeps": plan.settings.sweeps,
         "jlcm.guide": plan.settings.guide,
         "jlcm.distill_epochs": plan.distill.epochs,
+        "jlcm.distill_seqs": max(plan.distill.seqs, opts.calib_tokens // opts.calib_len) if plan.distill.epochs else 0,
         "jlcm.seed": opts.seed,
         "jlcm.calibration.files": [Path(p).name for p in opts.calib] or list(assets.CALIBRATION_NOVELS),
         "jlcm.calibration.tokens": (opts.calib_tokens // opts.calib_len) * opts.calib_len,

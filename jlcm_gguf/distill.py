@@ -35,6 +35,7 @@ class DistillSettings:
     epochs: int = 1         # more data beats more epochs: docs/METHOD.md
     lr: float = 3e-3
     batch: int = 1          # sequences a step (activations of the whole model are kept for backward)
+    seqs: int = 0           # windows to distil on: the calibration's and more (0: the calibration's alone)
 
 
 class BlockScale(torch.nn.Module):

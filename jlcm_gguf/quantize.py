@@ -12,7 +12,7 @@ import torch
 from tqdm import tqdm
 
 from . import pack
-from .calibrate import (LINEARS, LayerStream, calibration_tokens, collect_cross_moments, collect_hessians,
+from .calibrate import (LINEARS, LayerStream, calibration_windows, collect_cross_moments, collect_hessians,
                         output_energy, token_weights)
 from .distill import DistillSettings, distill
 from .learn import JLCM, Result, Settings, float_target
@@ -63,17 +63,22 @@ def quantize_model(hf_dir: Path, calib_text: str, plan: Plan, n_seqs: int = 32, 
     t0 = time.time()
     tok = AutoTokenizer.from_pretrained(hf_dir)
     stream = LayerStream(hf_dir, device)
-    tokens = calibration_tokens(tok, calib_text, n_seqs, seq_len, seed)
+    teach = plan.distill.epochs > 0
+    n_more = max(0, plan.distill.seqs - n_seqs) if teach else 0
+    # the distillation's windows, in text order; `calib` picks the layer-wise calibration's among them
+    windows, calib = calibration_windows(tok, calib_text, n_seqs, seq_len, seed, n_more)
+    tokens = windows[calib] if n_more else windows
     weights = None
     if plan.settings.guide > 0:
         # before the layer loop: the float model is needed whole, once, then dropped
         energy = output_energy(_float_model(hf_dir, device), tokens.to(device), seq_len // 2, quiet)
         weights = token_weights(energy, plan.settings.guide)
     hidden = stream.embed(tokens)
-    teach = plan.distill.epochs > 0
     to_float = plan.settings.target == "float"
-    # the float model's path: the distillation's target, and the layer-wise target with target="float"
-    float_hidden = hidden.clone() if teach or to_float else None
+    # the float model's path over every window: the distillation's target, and the layer-wise target with
+    # target="float" on the calibration's windows
+    float_hidden = stream.embed(windows) if teach or to_float else None
+    on_calib = (lambda x: x[calib]) if n_more else (lambda x: x)
     last = min(stream.n_layers, n_layers or stream.n_layers)
     results: dict[str, Result] = {}
     bar = tqdm(range(stream.n_layers if teach else last), desc="quantizing", unit="layer", disable=quiet)
@@ -82,7 +87,8 @@ def quantize_model(hf_dir: Path, calib_text: str, plan: Plan, n_seqs: int = 32, 
         chosen = {name: plan.choose(i, name) for name in LINEARS} if i < last else {}
         hess, cross = {}, {}
         if any(chosen.values()) and to_float:
-            hess, cross, float_hidden = collect_cross_moments(stream, layer, float_hidden, hidden)
+            hess, cross, out = collect_cross_moments(stream, layer, on_calib(float_hidden), hidden)
+            float_hidden = stream.run(layer, float_hidden) if n_more else out
         elif float_hidden is not None:
             float_hidden = stream.run(layer, float_hidden)
         if i < last:
@@ -103,7 +109,7 @@ def quantize_model(hf_dir: Path, calib_text: str, plan: Plan, n_seqs: int = 32, 
             lin.weight.data.copy_(res.weight.to(lin.weight.dtype))
             res.dequantized = None      # the layer has it; the blocks alone stay (they decode to it)
             results[f"model.layers.{i}.{name}.weight"] = res
-        hidden = float_hidden if i >= last else stream.run(layer, hidden)
+        hidden = on_calib(float_hidden) if i >= last else stream.run(layer, hidden)
         del layer, hess, cross
     seconds = {"layers": time.time() - t0}
     if not teach or not results:
@@ -116,7 +122,7 @@ def quantize_model(hf_dir: Path, calib_text: str, plan: Plan, n_seqs: int = 32, 
         for name, res in results.items():
             model.get_submodule(name.removesuffix(".weight")).weight.copy_(res.weight)
     quantized = {name: (res.qtype, res.blocks) for name, res in results.items()}
-    blocks, norms, history = distill(model, quantized, tokens.to(device), float_hidden, plan.distill, quiet)
+    blocks, norms, history = distill(model, quantized, windows.to(device), float_hidden, plan.distill, quiet)
     for name, res in results.items():
         res.blocks = blocks[name]
         res.dequantized = model.get_submodule(name.removesuffix(".weight")).weight.detach().cpu()

@@ -187,6 +187,8 @@ def test_unknown_type_names_the_flag(hf, tmp_path):
     assert_refused(r, "--groups", "-1")
     r = convert(hf, tmp_path / "out.gguf", "--guide", "1.5")
     assert_refused(r, "--guide", "1.5")
+    r = convert(hf, tmp_path / "out.gguf", "--distill-seqs", "1")        # QUICK calibrates on 2
+    assert_refused(r, "--distill-seqs", "1")
     assert leftovers(tmp_path) == []
 
 

@@ -115,8 +115,55 @@ def test_guided_model_loop_changes_the_codes_and_stays_deterministic():
 def test_calibration_refuses_short_text():
     from transformers import AutoTokenizer
     tok = AutoTokenizer.from_pretrained(assets.hf_model_dir())
-    with pytest.raises(ValueError, match="--calib-text"):
+    with pytest.raises(ValueError, match="fewer than 4 windows of 128"):
         calibrate.calibration_tokens(tok, "Too short.", 4, 128, 0)
+
+
+def test_more_windows_keep_the_calibration_windows():
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(assets.hf_model_dir())
+    text = assets.text_file("emma").read_text(encoding="utf-8")
+    windows, first = calibrate.calibration_windows(tok, text, 3, 128, 0, n_more=5)
+    assert windows.shape == (8, 128) and first.shape == (3,)
+    assert torch.equal(windows[first], calibrate.calibration_tokens(tok, text, 3, 128, 0))
+    assert torch.equal(windows, calibrate.calibration_tokens(tok, text, 8, 128, 0))
+    ids = tok(text, add_special_tokens=False, return_tensors="pt").input_ids[0]
+    starts = [next(p for p in range(0, ids.numel(), 128) if torch.equal(ids[p:p + 128], w)) for w in windows]
+    assert starts == sorted(set(starts))        # disjoint windows, in text order
+
+
+def test_distillation_on_more_windows_has_the_float_model_as_teacher(monkeypatch):
+    """--distill-seqs: the layer-wise codes are those of the calibration windows alone; the distillation
+    sees every window, each with the float model's own final hidden states."""
+    from transformers import AutoModelForCausalLM
+    from jlcm_gguf import quantize
+    from jlcm_gguf.distill import DistillSettings
+    hf = assets.hf_model_dir()
+    text = assets.text_file("emma").read_text(encoding="utf-8")
+    fast = learn.Settings(outer_steps=1, adam_steps=2, sweeps=0)
+    seen = []
+    real = quantize.distill
+    monkeypatch.setattr(quantize, "distill", lambda model, q, tokens, teacher, *a: (
+        seen.append((tokens, teacher)), real(model, q, tokens, teacher, *a))[1])
+    kw = dict(n_seqs=2, seq_len=64, quiet=True, n_layers=1)
+    plain = quantize.quantize_model(hf, text, quantize.Plan(lambda i, n: pack.JLCM2, fast, DistillSettings()), **kw)
+    more = quantize.quantize_model(hf, text, quantize.Plan(lambda i, n: pack.JLCM2, fast, DistillSettings(seqs=5)), **kw)
+    (t2, _), (t5, teacher) = seen
+    assert t2.shape == (2, 64) and t5.shape == (5, 64)
+    assert all(any(torch.equal(a, b) for b in t5) for a in t2)
+    model = AutoModelForCausalLM.from_pretrained(hf, dtype=torch.float32)
+    caught = []
+    hook = model.model.norm.register_forward_hook(lambda mod, args, out: caught.append(args[0]))
+    with torch.no_grad():
+        model.model(t5)
+    hook.remove()
+    assert torch.allclose(teacher, caught[0], atol=1e-4, rtol=1e-4)
+    for name, a in more.linears.items():
+        da, cba, ia = pack.unpack(a.qtype, a.blocks)
+        db, cbb, ib = pack.unpack(a.qtype, plain.linears[name].blocks)
+        assert np.array_equal(cba, cbb) and np.array_equal(ia, ib)      # the layer-wise stage saw the same windows
+    assert any(not np.array_equal(pack.unpack(a.qtype, a.blocks)[0], pack.unpack(a.qtype, plain.linears[n].blocks)[0])
+               for n, a in more.linears.items())
 
 
 def test_weighted_kmeans_finds_lloyd_max_levels():
