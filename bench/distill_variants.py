@@ -88,9 +88,10 @@ def more_data(state: dict, n_seqs: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(tokens, float final hidden states before the final norm) for n_seqs calibration windows."""
     from transformers import AutoTokenizer
     calib = assets.joined_text(assets.CALIBRATION_NOVELS).read_text(encoding="utf-8")
-    tokens = calibrate.calibration_tokens(AutoTokenizer.from_pretrained(assets.hf_model_dir()), calib, n_seqs, 512, 0)
-    cached = {tuple(t.tolist()) for t in state["tokens"]}
-    if not cached <= {tuple(t.tolist()) for t in tokens}:
+    n_cached = state["tokens"].shape[0]
+    tokens, first = calibrate.calibration_windows(AutoTokenizer.from_pretrained(assets.hf_model_dir()), calib,
+                                                  n_cached, 512, 0, n_more=max(0, n_seqs - n_cached))
+    if not torch.equal(tokens[first], state["tokens"]):
         raise SystemExit("seqs=N: the cached calibration windows are not among the N drawn; was the cache made with another seed?")
     model = quantize._float_model(assets.hf_model_dir(), "cpu")
     caught = []

@@ -67,7 +67,8 @@ def quantize_model(hf_dir: Path, calib_text: str, plan: Plan, n_seqs: int = 32, 
     n_more = max(0, plan.distill.seqs - n_seqs) if teach else 0
     # the distillation's windows, in text order; `calib` picks the layer-wise calibration's among them
     windows, calib = calibration_windows(tok, calib_text, n_seqs, seq_len, seed, n_more)
-    tokens = windows[calib] if n_more else windows
+    on_calib = (lambda x: x[calib]) if n_more else (lambda x: x)
+    tokens = on_calib(windows)
     weights = None
     if plan.settings.guide > 0:
         # before the layer loop: the float model is needed whole, once, then dropped
@@ -78,7 +79,6 @@ def quantize_model(hf_dir: Path, calib_text: str, plan: Plan, n_seqs: int = 32, 
     # the float model's path over every window: the distillation's target, and the layer-wise target with
     # target="float" on the calibration's windows
     float_hidden = stream.embed(windows) if teach or to_float else None
-    on_calib = (lambda x: x[calib]) if n_more else (lambda x: x)
     last = min(stream.n_layers, n_layers or stream.n_layers)
     results: dict[str, Result] = {}
     bar = tqdm(range(stream.n_layers if teach else last), desc="quantizing", unit="layer", disable=quiet)
