@@ -219,6 +219,7 @@ def main() -> int:
             row = {"name": name, "kind": "jlcm", "variant": variant,
                    "bpw_linear": round(linear_bits(rest, down_t, other_t, first_t, n_layers), 4),
                    "settings": vars(settings), "distill": vars(distill), "calib_seqs": args.calib_seqs, **stages, "quantize_seconds": round(seconds, 1), "peak_rss_bytes": rss,
+                   "machine": header["machine"],
                    **evaluate.evaluate(m, data, ref)}
             print(row, flush=True)
             write_views(scoreboard.merge_rows(args.out, header, [row]), args.out)
@@ -246,9 +247,14 @@ def write_views(doc: dict, out: Path) -> None:
                      f"{r['kld']:.4f} | {'—' if secs is None else f'{secs:.0f}'} | "
                      f"{'—' if rss is None else f'{rss / 2**30:.2f}'} |")
     e = doc["eval"]
+    machines: dict[str, list[str]] = {}
+    for r in doc["rows"]:
+        m = r.get("machine", doc["machine"])
+        machines.setdefault(f"{m['cpu']}, {m['date']}", []).append(r["name"])
+    where = "; ".join(f"{k}: {', '.join(v)}" if len(machines) > 1 else k for k, v in machines.items())
     lines += ["", f"{doc['model']}, torch evaluation on {e['text']} (ctx {e['ctx']} × {e['chunks']} chunks, "
-                  f"second half of each chunk scored), KLD against the float model; {doc['machine']['cores']} cores, "
-                  f"{doc['machine']['date']}."]
+                  f"second half of each chunk scored), KLD against the float model; {doc['machine']['cores']} cores "
+                  f"({where})."]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
 
