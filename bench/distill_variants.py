@@ -22,11 +22,14 @@ A run is `key=value,...`:
            ones, same seed), the float model's final hidden states computed for
            them here. The layer-wise stage still saw only --calib-seqs.
 
-Results: bench/results/distill_variants.json.
+Results: bench/results/distill_variants.json. A row names the machine it ran on
+(", Intel Xeon"): the layer-wise codes differ between CPUs by float rounding, so
+only rows of one machine share a start. Rows without it ran on an AMD EPYC.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 import time
@@ -103,6 +106,12 @@ def more_data(state: dict, n_seqs: int) -> tuple[torch.Tensor, torch.Tensor]:
     return tokens, torch.cat(caught)
 
 
+def machine_tag(cpu: str) -> str:
+    """'Intel(R) Xeon(R) Processor' -> 'Intel Xeon': the layer-wise codes differ between CPUs (float rounding), so
+    rows from different machines are different starts and carry the machine in their name."""
+    return " ".join(w for w in cpu.replace("(R)", "").split() if w != "Processor")
+
+
 def distil_run(state: dict, run: dict) -> tuple[dict, dict, dict, list[float], float]:
     """Distil from the cached state; returns (weights, norms, biases by HF name, loss history, seconds)."""
     model = quantize._float_model(assets.hf_model_dir(), "cpu")
@@ -126,6 +135,39 @@ def distil_run(state: dict, run: dict) -> tuple[dict, dict, dict, list[float], f
     seconds = time.time() - t0
     weights = {n: model.get_submodule(n.removesuffix(".weight")).weight.detach().clone() for n in state["quantized"]}
     return weights, norms, {n: b.detach().clone() for n, b in biases.items()}, history, seconds
+
+
+def plot_windows(doc: dict, out: Path) -> None:
+    """KLD against the number of distillation windows, one line per machine: the rows at the default learning
+    rate without biases (the `seqs` runs and their 64-window start)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lines: dict[str, list[tuple[int, float]]] = {}
+    for r in doc["rows"]:
+        if r.get("bias") is None and r["lr"] == distill.DistillSettings.lr:
+            lines.setdefault(machine_tag(r.get("cpu", "AMD EPYC")), []).append((int(r.get("seqs") or r["calib_seqs"]), r["kld"]))
+    fig, ax = plt.subplots(figsize=(6.5, 4.5), dpi=120)
+    for machine, points in sorted(lines.items()):
+        points.sort()
+        ax.plot(*zip(*points), marker="o", label=f"{doc['rows'][0]['type']}, layer-wise on {machine}")
+        for n, kld in points:
+            ax.annotate(f"{kld:.3f}", (n, kld), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    stock = {r["name"]: r["kld"] for r in json.loads((RESULTS / "quantizer.json").read_text())["rows"]}
+    ax.axhline(stock["IQ2_XS"], color="tab:gray", linestyle=":", label=f"stock IQ2_XS file ({stock['IQ2_XS']:.3f})")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks([64, 128, 256, 512, 1024], ["64", "128", "256", "512", "1024"])
+    ax.set_xlabel("distillation windows of 512 tokens (64 = the calibration's, the default)")
+    ax.set_ylabel(f"KLD vs float on {doc['eval']['text']}")
+    ax.set_title("End-to-end distillation: more text")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = cache.atomic_path(out)
+    fig.savefig(tmp, format="png")
+    plt.close(fig)
+    cache.commit_file(tmp, out)
 
 
 def main() -> int:
@@ -153,10 +195,12 @@ def main() -> int:
         m = qbench.rest_model({**weights, **norms})
         for k, b in biases.items():
             m.get_submodule(k.removesuffix(".bias")).bias = torch.nn.Parameter(b)
-        row = {"name": f"{args.type} {spec}", "type": args.type, "calib_seqs": args.calib_seqs, **run,
+        cpu = header["machine"]["cpu"]
+        row = {"name": f"{args.type} {spec}, {machine_tag(cpu)}", "type": args.type, "calib_seqs": args.calib_seqs,
+               **run, "cpu": cpu,
                "distill_kl": history, "distill_seconds": round(seconds, 1), **evaluate.evaluate(m, data, ref)}
         print(row, flush=True)
-        scoreboard.merge_rows(args.out, header, [row])
+        plot_windows(scoreboard.merge_rows(args.out, header, [row]), args.out.with_suffix(".png"))
     return 0
 
 
