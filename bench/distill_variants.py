@@ -21,6 +21,8 @@ A run is `key=value,...`:
            windows quantize_model would draw for N (a superset of the cached
            ones, same seed), the float model's final hidden states computed for
            them here. The layer-wise stage still saw only --calib-seqs.
+  epochs=E passes over the windows (default 1): 64 windows x 2 epochs take as
+           many steps as seqs=128, so the two separate text from steps.
 
 Results: bench/results/distill_variants.json. A row names the machine it ran on
 (", Intel Xeon"): the layer-wise codes differ between CPUs by float rounding, so
@@ -78,11 +80,11 @@ class _Caught(Exception):
 
 
 def parse_run(spec: str) -> dict:
-    run = {"lr": distill.DistillSettings.lr, "bias": None, "seqs": None}
+    run = {"lr": distill.DistillSettings.lr, "bias": None, "seqs": None, "epochs": None}
     for item in filter(None, spec.split(",")):
         key, _, value = item.partition("=")
         if key not in run:
-            raise SystemExit(f"--runs: unknown key {key!r} in {spec!r} (known: lr, bias, seqs)")
+            raise SystemExit(f"--runs: unknown key {key!r} in {spec!r} (known: lr, bias, seqs, epochs)")
         run[key] = float(value)
     return run
 
@@ -131,7 +133,7 @@ def distil_run(state: dict, run: dict) -> tuple[dict, dict, dict, list[float], f
         tokens, hidden = more_data(state, int(run["seqs"]))
     t0 = time.time()
     _, norms, history = distill.distill(model, state["quantized"], tokens, hidden,
-                                        distill.DistillSettings(lr=run["lr"]), extra=extra)
+                                        distill.DistillSettings(lr=run["lr"], epochs=int(run["epochs"] or 1)), extra=extra)
     seconds = time.time() - t0
     weights = {n: model.get_submodule(n.removesuffix(".weight")).weight.detach().clone() for n in state["quantized"]}
     return weights, norms, {n: b.detach().clone() for n, b in biases.items()}, history, seconds
@@ -146,7 +148,7 @@ def plot_windows(doc: dict, out: Path) -> None:
 
     lines: dict[str, list[tuple[int, float]]] = {}
     for r in doc["rows"]:
-        if r.get("bias") is None and r["lr"] == distill.DistillSettings.lr:
+        if r.get("bias") is None and r["lr"] == distill.DistillSettings.lr and not r.get("epochs"):
             lines.setdefault(machine_tag(r.get("cpu", "AMD EPYC")), []).append((int(r.get("seqs") or r["calib_seqs"]), r["kld"]))
     fig, ax = plt.subplots(figsize=(6.5, 4.5), dpi=120)
     for machine, points in sorted(lines.items()):
@@ -154,11 +156,17 @@ def plot_windows(doc: dict, out: Path) -> None:
         ax.plot(*zip(*points), marker="o", label=f"{doc['rows'][0]['type']}, layer-wise on {machine}")
         for n, kld in points:
             ax.annotate(f"{kld:.3f}", (n, kld), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    for r in doc["rows"]:
+        if r.get("epochs") and r.get("bias") is None:
+            n = int(r.get("seqs") or r["calib_seqs"])
+            ax.scatter([n * r["epochs"]], [r["kld"]], marker="D", facecolors="none", edgecolors="black", zorder=3,
+                       label=f"{n} windows x {int(r['epochs'])} epochs ({machine_tag(r.get('cpu', 'AMD EPYC'))}), "
+                             f"at its step count")
     stock = {r["name"]: r["kld"] for r in json.loads((RESULTS / "quantizer.json").read_text())["rows"]}
     ax.axhline(stock["IQ2_XS"], color="tab:gray", linestyle=":", label=f"stock IQ2_XS file ({stock['IQ2_XS']:.3f})")
     ax.set_xscale("log", base=2)
     ax.set_xticks([64, 128, 256, 512, 1024], ["64", "128", "256", "512", "1024"])
-    ax.set_xlabel("distillation windows of 512 tokens (64 = the calibration's, the default)")
+    ax.set_xlabel("distillation windows of 512 tokens, one step each (64 = the calibration's, the default)")
     ax.set_ylabel(f"KLD vs float on {doc['eval']['text']}")
     ax.set_title("End-to-end distillation: more text")
     ax.grid(True, which="both", alpha=0.3)
