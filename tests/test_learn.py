@@ -157,7 +157,10 @@ def test_distillation_on_more_windows_has_the_float_model_as_teacher(monkeypatch
     with torch.no_grad():
         model.model(t5)
     hook.remove()
-    assert torch.allclose(teacher, caught[0], atol=1e-4, rtol=1e-4)
+    # the float model's own output, not the quantized model's (which is off by percents); the two float paths
+    # (layer loop, whole model) round differently by CPU, so the check is relative to the tensor's norm
+    rel = ((teacher - caught[0]).norm() / caught[0].norm()).item()
+    assert rel < 1e-4, rel
     for name, a in more.linears.items():
         da, cba, ia = pack.unpack(a.qtype, a.blocks)
         db, cbb, ib = pack.unpack(a.qtype, plain.linears[name].blocks)
