@@ -146,10 +146,13 @@ def plot_windows(doc: dict, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    def tag(r: dict) -> str:
+        return machine_tag(r.get("cpu", "AMD EPYC"))   # rows from before rows named their machine
+
     lines: dict[str, list[tuple[int, float]]] = {}
     for r in doc["rows"]:
         if r.get("bias") is None and r["lr"] == distill.DistillSettings.lr and not r.get("epochs"):
-            lines.setdefault(machine_tag(r.get("cpu", "AMD EPYC")), []).append((int(r.get("seqs") or r["calib_seqs"]), r["kld"]))
+            lines.setdefault(tag(r), []).append((int(r.get("seqs") or r["calib_seqs"]), r["kld"]))
     fig, ax = plt.subplots(figsize=(6.5, 4.5), dpi=120)
     for machine, points in sorted(lines.items()):
         points.sort()
@@ -160,7 +163,7 @@ def plot_windows(doc: dict, out: Path) -> None:
         if r.get("epochs") and r.get("bias") is None:
             n = int(r.get("seqs") or r["calib_seqs"])
             ax.scatter([n * r["epochs"]], [r["kld"]], marker="D", facecolors="none", edgecolors="black", zorder=3,
-                       label=f"{n} windows x {int(r['epochs'])} epochs ({machine_tag(r.get('cpu', 'AMD EPYC'))}), "
+                       label=f"{n} windows x {int(r['epochs'])} epochs ({tag(r)}), "
                              f"at its step count")
     stock = {r["name"]: r["kld"] for r in json.loads((RESULTS / "quantizer.json").read_text())["rows"]}
     ax.axhline(stock["IQ2_XS"], color="tab:gray", linestyle=":", label=f"stock IQ2_XS file ({stock['IQ2_XS']:.3f})")
