@@ -38,6 +38,7 @@ import time
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from jlcm_gguf import assets, cache, calibrate, distill, evaluate, pack, quantize, scoreboard
 from jlcm_gguf.learn import Settings
@@ -102,7 +103,7 @@ def more_data(state: dict, n_seqs: int) -> tuple[torch.Tensor, torch.Tensor]:
     caught = []
     hook = model.model.norm.register_forward_hook(lambda mod, args, out: caught.append(args[0].detach()))
     with torch.no_grad():
-        for t in tokens.split(8):
+        for t in tqdm(tokens.split(8), desc="float model on the windows", unit="batch", leave=False):
             model.model(t)
     hook.remove()
     return tokens, torch.cat(caught)
