@@ -137,7 +137,7 @@ def quantize_stats(path: Path) -> dict:
 
 
 _PPL = re.compile(r"Final estimate: PPL = ([0-9.]+) \+/- ([0-9.]+)")
-_KLD = re.compile(r"Mean\s+KLD:\s+([-0-9.]+)\s+±\s+([0-9.]+)")
+KLD_LINE = re.compile(r"Mean\s+KLD:\s+([-0-9.]+)\s+±\s+([0-9.]+)")
 
 
 def perplexity(runner: Runner, model: Path, ev: EvalSettings, base_logits: Path, is_base: bool) -> dict:
@@ -152,7 +152,7 @@ def perplexity(runner: Runner, model: Path, ev: EvalSettings, base_logits: Path,
     args += ["--kl-divergence-base", base_logits, "--kl-divergence"]
     out = runner.run("llama-perplexity", args)
     ppl = re.search(r"Mean PPL\(Q\)\s+:\s+([0-9.]+)\s+±\s+([0-9.]+)", out)
-    kld = _KLD.search(out)
+    kld = KLD_LINE.search(out)
     if not (ppl and kld):
         raise RuntimeError(f"no PPL/KLD in llama-perplexity output:\n{out[-2000:]}")
     return {"ppl": float(ppl.group(1)), "ppl_err": float(ppl.group(2)),

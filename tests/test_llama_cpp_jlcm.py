@@ -11,7 +11,7 @@ import urllib.request
 import numpy as np
 import pytest
 
-from jlcm_gguf import assets, llama_cpp
+from jlcm_gguf import assets, llama_cpp, scoreboard
 
 PROMPT = "The capital of France is"
 # the model is an instruct model: asked in its chat format, it answers
@@ -191,7 +191,7 @@ def kld_to(build, model, base, flags=()):
     r = run(build.command("llama-perplexity") + ["-m", str(model), "-t", "2", "-v", "--kl-divergence-base",
                                                  str(base), "--kl-divergence", *flags])
     assert r.returncode == 0, r.stderr[-2000:]
-    return float(re.search(r"Mean\s+KLD:\s+([0-9.]+)", r.stdout + r.stderr).group(1)), r.stderr
+    return float(scoreboard.KLD_LINE.search(r.stdout + r.stderr).group(1)), r.stderr
 
 
 def float_order_bound(floor):
