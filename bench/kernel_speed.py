@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """vec_dot cost of the JLCM kernels beside llama.cpp's own, measured on x86 and modelled for phone cores.
 
-    python bench/kernels.py [--out bench/results/kernels.json]
+    python bench/kernel_speed.py [--out bench/results/kernels.json]
+
+(Not bench/kernels.py: a script's folder comes first on sys.path, and that name shadowed the
+`kernels` package that transformers imports, so every bench script that loads a model failed.)
 
 x86: bench/kernels_bench.c, built with the pinned llama.cpp's x86 flags (AVX2,
 FMA, F16C; -O3) and linked to that build's static ggml, times every kernel in
@@ -173,7 +176,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=RESULTS / "kernels.json")
     args = p.parse_args()
-    commands = ["python bench/kernels.py " + shlex.join(sys.argv[1:])]
+    commands = ["python bench/kernel_speed.py " + shlex.join(sys.argv[1:])]
     with tempfile.TemporaryDirectory() as tmp:
         rows = x86_rows(Path(tmp), commands) + arm_rows(Path(tmp), commands)
     result = {"machine": scoreboard.machine_info(), "commands": commands,
