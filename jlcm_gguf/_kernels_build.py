@@ -16,7 +16,7 @@ from pathlib import Path
 from cffi import FFI
 
 CSRC = Path(__file__).resolve().parent.parent / "csrc"
-SOURCES = ["jlcm-ref.c", "jlcm-x86.c", "jlcm-arm.c", "jlcm.c"]
+SOURCES = ["jlcm-ref.c", "jlcm-x86.c", "jlcm-arm.c", "jlcm.c", "jlcm-walk.c"]   # the last: the learner's, not llama.cpp's
 
 CDEF = """
 typedef uint16_t jlcm_half;
@@ -41,6 +41,15 @@ void gemv_jlcm2x8_q8_0(int n, float * s, size_t bs, const void * vx, const void 
 int  repack_jlcm3x8(void * dst, const block_jlcm3 * src, int64_t nrows, int64_t n);
 void gemv_jlcm3x8_q8_0_ref(int n, float * s, size_t bs, const void * vx, const void * vy, int nr, int nc);
 void gemv_jlcm3x8_q8_0(int n, float * s, size_t bs, const void * vx, const void * vy, int nr, int nc);
+void jlcm_walk_feedback(int64_t rows, int width, int64_t col0, int K, int qk,
+                        float * W, int64_t ld_w, const float * S, int64_t nb, const float * CB,
+                        const float * U, int64_t ld_u, int64_t * idx, int64_t ld_idx,
+                        float * err, int64_t ld_err);
+void jlcm_walk_sweep(int64_t rows, int width, int64_t col0, int K, int qk, int proximal,
+                     float * what, int64_t ld_what, float * EHb, int64_t ld_eh,
+                     const float * S, int64_t nb, const float * CB,
+                     const float * H, int64_t ld_h, const float * hd,
+                     int64_t * idx, int64_t ld_idx, float * D, int64_t ld_d);
 """
 
 
@@ -65,7 +74,7 @@ ffibuilder = FFI()
 ffibuilder.cdef(CDEF)
 ffibuilder.set_source(
     "jlcm_gguf._kernels",
-    '#include "jlcm.h"',
+    '#include "jlcm.h"\n#include "jlcm-walk.h"',
     # setuptools wants paths relative to setup.py's directory, the working directory of an install
     sources=[os.path.relpath(CSRC / s) for s in SOURCES],
     include_dirs=[os.path.relpath(CSRC)],

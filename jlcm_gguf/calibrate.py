@@ -119,6 +119,7 @@ class Gram:
 
     def __init__(self, h: torch.Tensor | None = None, factor: torch.Tensor | None = None):
         self.h, self.factor = h, factor
+        self._feedback = {}
 
     @classmethod
     def of(cls, x: torch.Tensor) -> "Gram":
@@ -126,7 +127,23 @@ class Gram:
         return cls(factor=x.float() / n ** 0.5) if n < cols else cls(h=second_moment(x))
 
     def to(self, device) -> "Gram":
+        if all(t is None or t.device == torch.device(device) for t in (self.h, self.factor)):
+            return self         # keeps what is cached on it
         return Gram(*(None if t is None else t.to(device) for t in (self.h, self.factor)))
+
+    def feedback_factor(self, damp: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """(dead, U) for the error feedback: the inputs that are never nonzero, and the upper Cholesky
+        factor of (H + damp * mean(diag H) * I)^-1 with the dead inputs' diagonal set to 1. Cached: the
+        linears that share an input (q/k/v, gate/up) and the assignment's two walks per linear need one."""
+        if damp not in self._feedback:
+            H = self.full().clone()
+            cols = H.shape[0]
+            dead = torch.diagonal(H) == 0
+            H[dead, dead] = 1
+            H += damp * torch.diagonal(H).mean() * torch.eye(cols, dtype=H.dtype, device=H.device)
+            L = torch.linalg.cholesky(H)
+            self._feedback[damp] = dead, torch.linalg.cholesky(torch.cholesky_inverse(L), upper=True).contiguous()
+        return self._feedback[damp]
 
     def full(self) -> torch.Tensor:
         return self.h if self.h is not None else self.factor.T @ self.factor
@@ -144,7 +161,7 @@ class Gram:
 
 
 class _Moments:
-    """X^T X of one input, accumulated in float64 a batch at a time as the layer runs, so the inputs
+    """X^T X of one input, summed in float64 a batch at a time as the layer runs, so the inputs
     of all calibration tokens are never held together. X itself is kept only while it has fewer
     rows than columns (then it may stay the loss's factor, see `Gram`)."""
 
@@ -155,12 +172,12 @@ class _Moments:
         x = x.reshape(-1, x.shape[-1])
         self.n += x.shape[0]
         if self.h is not None:
-            self.h += x.double().T @ x.double()
+            self.h += (x.T @ x).double()        # a batch's product in float32, the sum over batches in float64
             return
         self.xs.append(x.clone())
         if self.n >= x.shape[1]:
-            xs = torch.cat(self.xs).double()
-            self.xs, self.h = [], xs.T @ xs
+            xs = torch.cat(self.xs)
+            self.xs, self.h = [], (xs.T @ xs).double()
 
     def gram(self, factored: bool) -> Gram:
         if self.h is None:

@@ -129,3 +129,45 @@ def gemv_x8(qtype: pack.JLCMType, packed, q8, impl: str = "simd") -> np.ndarray:
     out = np.empty(rows, dtype=np.float32)
     _GEMV[qtype.name, impl](n, ffi.from_buffer("float[]", out), 0, ffi.from_buffer(x), ffi.from_buffer(y), 1, rows)
     return out
+
+
+# -- the learner's column walks (csrc/jlcm-walk.c; not part of the format) ---------------------------
+def _rows(a: np.ndarray, dtype, ctype: str, what: str):
+    """A pointer to a 2-D array whose rows may be strided but whose elements are contiguous."""
+    if a.dtype != dtype or a.ndim != 2 or a.strides[1] != a.itemsize or a.strides[0] % a.itemsize:
+        raise ValueError(f"{what}: need a 2-D {np.dtype(dtype).name} array with contiguous rows")
+    return ffi.cast(ctype, a.ctypes.data), a.strides[0] // a.itemsize
+
+
+def _walk_args(S, CB, K_max=16):
+    rows, nb, K = CB.shape
+    if not (CB.flags.c_contiguous and S.flags.c_contiguous) or S.shape != (rows, nb) or K > K_max:
+        raise ValueError(f"walk: need contiguous scales (rows, blocks) and codebooks (rows, blocks, K <= {K_max})")
+    return rows, nb, K, ffi.cast("float *", S.ctypes.data), ffi.cast("float *", CB.ctypes.data)
+
+
+def walk_feedback(W, S, CB, U, col0: int, qk: int, idx, err) -> None:
+    """learn.JLCM._walk_block in C: assigns columns col0.. of the block W (rows, width), in place.
+    S (rows, blocks) scales, CB (rows, blocks, K) codebooks, U the block's (width, width) corner of
+    the Cholesky factor; writes idx (rows, width; int64) and err (rows, width)."""
+    rows, nb, K, s, cb = _walk_args(S, CB)
+    w, ld_w = _rows(W, np.float32, "float *", "W")
+    u, ld_u = _rows(U, np.float32, "float *", "U")
+    i, ld_i = _rows(idx, np.int64, "int64_t *", "idx")
+    e, ld_e = _rows(err, np.float32, "float *", "err")
+    lib.jlcm_walk_feedback(rows, W.shape[1], col0, K, qk, w, ld_w, s, nb, cb, u, ld_u, i, ld_i, e, ld_e)
+
+
+def walk_sweep(what, EHb, S, CB, H, hd, col0: int, qk: int, proximal: bool, idx, D) -> None:
+    """One block of learn.JLCM.sweep_indices in C: columns col0 .. col0 + width - 1 (width = EHb's).
+    what, idx: (rows, cols) whole rows, updated in the block; EHb (rows, width) updated; H: rows
+    col0.. of H from column col0 (width, >= width); hd: H's diagonal from col0; D (rows, width) the moves."""
+    rows, nb, K, s, cb = _walk_args(S, CB)
+    wh, ld_wh = _rows(what, np.float32, "float *", "what")
+    eh, ld_eh = _rows(EHb, np.float32, "float *", "EHb")
+    h, ld_h = _rows(H, np.float32, "float *", "H")
+    i, ld_i = _rows(idx, np.int64, "int64_t *", "idx")
+    d, ld_d = _rows(D, np.float32, "float *", "D")
+    hd = np.ascontiguousarray(hd, dtype=np.float32)
+    lib.jlcm_walk_sweep(rows, EHb.shape[1], col0, K, qk, int(proximal), wh, ld_wh, eh, ld_eh, s, nb, cb,
+                        h, ld_h, ffi.cast("float *", hd.ctypes.data), i, ld_i, d, ld_d)

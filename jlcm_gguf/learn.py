@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from . import feedback_triton, pack
+from . import feedback_triton, kernels, pack
 from .calibrate import Gram
 from .codebook import weighted_kmeans_1d, weighted_kmeans_1d_rows
 from .grouping import group_rows
@@ -97,6 +97,11 @@ def move_scores(g, hdiag, delta, rule: str, rho: float = 1.0):
     return score
 
 
+def _c_walk_ok(w) -> bool:
+    """Whether csrc's column walks can take w's arrays: float32 on the CPU."""
+    return w.device.type == "cpu" and w.dtype == torch.float32
+
+
 def float_target(w, H, B, damp=0.01):
     """The weight T whose output on this path's inputs X best matches the float model's W X_f^T:
 
@@ -172,28 +177,31 @@ class JLCM:
         return weighted_kmeans_1d_rows(x.view(G * nb, n), imp.view(G * nb, n), K).view(G, nb, K)
 
     @staticmethod
-    def error_feedback_assign(w, H, s, C, groups, damp=0.01, block=128, gpu_walk=None):
+    def error_feedback_assign(w, H, s, C, groups, damp=0.01, block=128, gpu_walk=None, c_walk=None):
         """Indices chosen column by column, each column's output error pushed onto the columns not yet
         assigned (GPTQ's update through the Cholesky factor of H^-1), with the group codebooks as grid.
         gpu_walk: walk each block's columns in one Triton kernel (default: on CUDA tensors, when Triton
-        is installed; see feedback_triton)."""
+        is installed; see feedback_triton). c_walk: walk them in C (default: float32 on the CPU; the
+        same bits as the eager loop, _walk_block)."""
         rows, cols = w.shape
         if gpu_walk is None:
             gpu_walk = w.is_cuda and feedback_triton.available()
-        H = H.full().clone()
-        dead = torch.diagonal(H) == 0
-        H[dead, dead] = 1
-        H += damp * torch.diagonal(H).mean() * torch.eye(cols, dtype=H.dtype, device=H.device)
-        U = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+        if c_walk is None:
+            c_walk = _c_walk_ok(w)
+        dead, U = H.feedback_factor(damp)
         W = w.clone()
         W[:, dead] = 0
-        sb = s.view(rows, -1)                                           # (rows, block columns)
-        cbs = C[groups]                                                 # (rows, block columns, K)
+        sb = s.view(rows, -1).contiguous()                              # (rows, block columns)
+        cbs = C[groups].contiguous()                                    # (rows, block columns, K)
         idx = torch.empty(rows, cols, dtype=torch.long, device=w.device)
         for a in range(0, cols, block):
             b = min(a + block, cols)
             if gpu_walk:
                 Err = feedback_triton.walk_block(W[:, a:b], sb, cbs, U[a:b, a:b].contiguous(), a, QK, idx[:, a:b])
+            elif c_walk:
+                Err = torch.empty(rows, b - a, dtype=w.dtype)
+                kernels.walk_feedback(W[:, a:b].numpy(), sb.numpy(), cbs.numpy(), U[a:b, a:b].numpy(), a, QK,
+                                      idx[:, a:b].numpy(), Err.numpy())
             else:
                 Err = JLCM._walk_block(W[:, a:b], sb, cbs, U, a, b, idx)
             W[:, b:] -= Err @ U[a:b, b:]
@@ -223,17 +231,45 @@ class JLCM:
         return (z.unsqueeze(-1) - cb).abs().argmin(-1)
 
     # -- learning ------------------------------------------------------------------------------
-    def fit_continuous(self, w, H, s, C, groups, idx, steps, codebook=True):
-        """Adam on log-scales (and the codebooks unless codebook=False) with the indices fixed."""
+    def fit_continuous(self, w, H, s, C, groups, idx, steps):
+        """Adam on log-scales and codebooks together, with the indices fixed."""
         log_s = s.abs().clamp_min(1e-12).log().clone().requires_grad_(True)
         sign = torch.sign(s) + (s == 0)
-        C = C.clone().requires_grad_(codebook)
-        opt = torch.optim.Adam([log_s, C] if codebook else [log_s], lr=self.cfg.lr)
+        C = C.clone().requires_grad_(True)
+        opt = torch.optim.Adam([log_s, C], lr=self.cfg.lr)
         for _ in range(steps):
             opt.zero_grad()
             self.loss(w, self.dequant(sign * log_s.exp(), C, groups, idx), H).backward()
             opt.step()
         return (sign * log_s.exp()).detach(), C.detach()
+
+    @staticmethod
+    def fit_scales(w, H, s, C, groups, idx, ridge=1e-6, chunk_floats=1 << 24):
+        """The block scales that minimize the loss with codebooks and indices fixed. W^ is linear in them,
+        so each row's nb scales solve a small least-squares problem:
+
+            A_r s_r = y_r,   A_r[b, c] = q_rb H_bc q_rc^T,   y_r[b] = q_rb (H w_r^T)_b
+
+        with q_rb row r's codewords in block b. A ridge pulls a scale the data does not determine (a block
+        of zero codewords, or of dead inputs) toward its current value instead of letting it float."""
+        rows, cols = w.shape
+        nb = cols // QK
+        Hf = H.full()
+        Hb = Hf.view(nb, QK, cols)
+        WH = (w @ Hf).view(rows, nb, QK)
+        Q = JLCM.dequant(torch.ones_like(s), C, groups, idx).view(rows, nb, QK)
+        s0 = s.view(rows, nb)
+        out = torch.empty_like(s0)
+        step = max(1, chunk_floats // (nb * cols))      # rows at a time: T holds step x nb x cols floats
+        for a in range(0, rows, step):
+            q = Q[a:a + step]
+            T = torch.bmm(q.transpose(0, 1), Hb).transpose(0, 1)            # (rows, nb, cols): q_rb H_b.
+            A = (T.view(-1, nb, nb, QK) * q.unsqueeze(1)).sum(-1)           # (rows, nb, nb)
+            y = (q * WH[a:a + step]).sum(-1)
+            lam = ridge * torch.diagonal(A, dim1=1, dim2=2).mean(1).clamp_min(1e-30)
+            A = A + lam[:, None, None] * torch.eye(nb, dtype=A.dtype, device=A.device)
+            out[a:a + step] = torch.linalg.solve(A, (y + lam[:, None] * s0[a:a + step]).unsqueeze(-1)).squeeze(-1)
+        return out.reshape(-1)
 
     def fit_indices(self, w, H, s, C, groups, idx, rho):
         """One index step; rho doubles until the step lowers the loss (or the step is dropped)."""
@@ -280,7 +316,7 @@ class JLCM:
                                            self.cfg.code_bits)
             Cq = Cq.view(rows, nb, K)
         groups = torch.arange(rows, device=w.device)
-        s = self.fit_continuous(w, H, s, Cq, groups, idx, self.cfg.adam_steps, codebook=False)[0]
+        s = self.fit_scales(w, H, s, Cq, groups, idx)
         if self.cfg.error_feedback:
             # rounding can merge codewords; reassigning against the grid codebook repairs that
             redo = self.error_feedback_assign(w, H, s, Cq, groups)
@@ -288,43 +324,55 @@ class JLCM:
                 idx = redo
         if self.cfg.update != "none":
             idx, _ = self.fit_indices(w, H, s, Cq, groups, idx, self.cfg.rho)
-        s = self.fit_continuous(w, H, s, Cq, groups, idx, self.cfg.adam_steps, codebook=False)[0]
+        s = self.fit_scales(w, H, s, Cq, groups, idx)
         for _ in range(self.cfg.sweeps if self.cfg.update != "none" else 0):
             idx = self.sweep_indices(w, H, s, Cq, groups, idx, self.cfg.update)
-            s = self.fit_continuous(w, H, s, Cq, groups, idx, self.cfg.adam_steps, codebook=False)[0]
+            s = self.fit_scales(w, H, s, Cq, groups, idx)
         return s.half().float(), Cq, groups, idx
 
     @staticmethod
-    def sweep_indices(w, H, s, C, groups, idx, rule="proximal", block=128):
+    def sweep_indices(w, H, s, C, groups, idx, rule="proximal", block=128, c_walk=None):
         """The index step taken one column at a time, the gradient refreshed after each (Gauss-Seidel where
         fit_indices is Jacobi). Column i's weights move by the rule's score with rho = 1, which for the
         proximal rule is the exact change of the loss given every other weight: no move can raise it, so
         no rho is needed, and moves of correlated columns no longer work against each other.
         The gradient is kept as E H (E = W - W^); inside a block of columns it is updated column by column,
-        for the columns after the block at its end, by one matrix product."""
+        for the columns after the block at its end, by one matrix product. c_walk: walk a block's columns
+        in C (default: float32 on the CPU; the same bits as the eager loop)."""
+        if c_walk is None:
+            c_walk = _c_walk_ok(w)
         Hf = H.full()
         rows, cols = w.shape
         idx = idx.clone()
         w_hat = JLCM.dequant(s, C, groups, idx)
         EH = (w - w_hat) @ Hf
         hd = torch.diagonal(Hf)
-        sb = s.view(rows, -1)
-        cbs = C[groups]                                                 # (rows, block columns, K)
+        sb = s.view(rows, -1).contiguous()
+        cbs = C[groups].contiguous()                                    # (rows, block columns, K)
         for a in range(0, cols, block):
             b = min(a + block, cols)
             EHb = EH[:, a:b].clone()
             D = torch.zeros(rows, b - a, dtype=w.dtype, device=w.device)
-            for j in range(b - a):
-                i = a + j
-                delta = sb[:, i // QK, None] * cbs[:, i // QK] - w_hat[:, i, None]      # (rows, K)
-                k = move_scores(-2 * EHb[:, j, None], hd[i], delta, rule).argmin(1)
-                d = delta.gather(1, k[:, None]).squeeze(1)
-                idx[:, i] = k
-                w_hat[:, i] += d
-                D[:, j] = d
-                EHb[:, j + 1:] -= d[:, None] * Hf[i, i + 1:b][None, :]
+            if c_walk:
+                kernels.walk_sweep(w_hat.numpy(), EHb.numpy(), sb.numpy(), cbs.numpy(), Hf[a:b, a:b].numpy(),
+                                   hd[a:b].numpy(), a, QK, rule == "proximal", idx.numpy(), D.numpy())
+            else:
+                JLCM._sweep_block(w_hat, EHb, sb, cbs, Hf, hd, a, b, rule, idx, D)
             EH[:, b:] -= D @ Hf[a:b, b:]            # columns before a are not read again in this sweep
         return idx
+
+    @staticmethod
+    def _sweep_block(w_hat, EHb, sb, cbs, Hf, hd, a, b, rule, idx, D):
+        """Columns a..b-1 of a sweep, one at a time: updates idx, w_hat and EHb, writes the moves into D."""
+        for j in range(b - a):
+            i = a + j
+            delta = sb[:, i // QK, None] * cbs[:, i // QK] - w_hat[:, i, None]      # (rows, K)
+            k = move_scores(-2 * EHb[:, j, None], hd[i], delta, rule).argmin(1)
+            d = delta.gather(1, k[:, None]).squeeze(1)
+            idx[:, i] = k
+            w_hat[:, i] += d
+            D[:, j] = d
+            EHb[:, j + 1:] -= d[:, None] * Hf[i, i + 1:b][None, :]
 
     @staticmethod
     def code_usage(H, groups, idx, shape):

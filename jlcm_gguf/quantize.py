@@ -97,6 +97,8 @@ def quantize_model(hf_dir: Path, calib_text: str, plan: Plan, n_seqs: int = 32, 
             # after hold(): the inputs come through the weights the file holds
             hess = collect_hessians(stream, layer, hidden, gram=True,
                                     weights=None if weights is None else {n: weights[(i, n)] for n in LINEARS})
+        on_device = {id(h): h.to(device) for h in [*hess.values(), *cross.values()]}   # shared inputs stay shared
+        hess, cross = ({n: on_device[id(h)] for n, h in d.items()} for d in (hess, cross))
         for name, qtype in chosen.items():
             if qtype is None:
                 continue
@@ -104,8 +106,8 @@ def quantize_model(hf_dir: Path, calib_text: str, plan: Plan, n_seqs: int = 32, 
             bar.set_postfix_str(f"{name.split('.')[-1]} {qtype.name}")
             w = lin.weight.data.to(device).float()
             if cross:
-                w = float_target(w, hess[name].to(device), cross[name].to(device))
-            res = JLCM(qtype, plan.settings).quantize(w, hess[name].to(device))
+                w = float_target(w, hess[name], cross[name])
+            res = JLCM(qtype, plan.settings).quantize(w, hess[name])
             lin.weight.data.copy_(res.weight.to(lin.weight.dtype))
             res.dequantized = None      # the layer has it; the blocks alone stay (they decode to it)
             results[f"model.layers.{i}.{name}.weight"] = res

@@ -266,6 +266,25 @@ def test_index_sweep_makes_each_columns_best_move_given_the_others(layer_data):
     assert learn.JLCM.loss(w, learn.JLCM.dequant(s, C, groups, got), calibrate.Gram(h)) < 0.9 * before
 
 
+def test_scale_refit_is_the_least_squares_optimum(layer_data):
+    """fit_scales on a real ffn_down (24 blocks a row): the loss's gradient in the scales vanishes
+    there, the loss is no higher than at the start, and a block whose codewords are all 0 (which
+    the data cannot scale) keeps its scale."""
+    layer, H = layer_data
+    w = layer.mlp.down_proj.weight.data[:64].float()
+    h = calibrate.Gram(H["mlp.down_proj"].float())
+    q = learn.JLCM(pack.JLCM2, learn.Settings(n_groups=0))
+    s, C, groups, idx = q.init(w, h)
+    C[5, 3] = 0                                     # row 5's block 3: every codeword 0
+    got = learn.JLCM.fit_scales(w, h, s, C, groups, idx).requires_grad_(True)
+    loss = learn.JLCM.loss(w, learn.JLCM.dequant(got, C, groups, idx), h)
+    loss.backward()
+    norm = learn.JLCM.loss(w, torch.zeros_like(w), h)
+    assert got.grad.norm() * got.detach().norm() < 1e-5 * norm
+    assert loss < learn.JLCM.loss(w, learn.JLCM.dequant(s, C, groups, idx), h)
+    assert torch.isclose(got[5 * 24 + 3], s[5 * 24 + 3])
+
+
 def test_learning_lowers_the_output_error_on_real_weights(layer_data):
     layer, H = layer_data
     w = layer.self_attn.q_proj.weight.data
@@ -293,6 +312,38 @@ def test_quantize_is_deterministic_and_packs_what_it_reports(layer_data, qtype):
     assert 0 < a.rel_error < (0.1 if qtype is pack.JLCM2 else 0.03)
 
 
+@pytest.mark.parametrize("qtype", [pack.JLCM2, pack.JLCM3], ids=lambda t: t.name)
+@pytest.mark.parametrize("name", ["self_attn.q_proj", "mlp.down_proj"])
+def test_c_column_walks_equal_the_eager_loops(layer_data, qtype, name):
+    """csrc/jlcm-walk.c against the torch loops it replaces on the CPU, bit for bit: the error
+    feedback and a sweep under either rule, on a real 576-wide and a real 1536-wide weight (blocks of
+    128 columns, 64 at the end of the 576), with the default groups (JLCM3 shares codebooks)."""
+    layer, H = layer_data
+    w = layer.get_submodule(name).weight.data.float()
+    h = calibrate.Gram(H[name].float())
+    q = learn.JLCM(qtype)
+    s, C, groups, _ = q.init(w, h)
+    eager = q.error_feedback_assign(w, h, s, C, groups, c_walk=False)
+    assert torch.equal(q.error_feedback_assign(w, h, s, C, groups, c_walk=True), eager)
+    for rule in ("proximal", "ste"):
+        want = learn.JLCM.sweep_indices(w, h, s, C, groups, eager, rule, c_walk=False)
+        assert (want != eager).any()                    # the sweep moved something to agree on
+        assert torch.equal(learn.JLCM.sweep_indices(w, h, s, C, groups, eager, rule, c_walk=True), want)
+
+
+def test_c_column_walks_refuse_arrays_they_cannot_read():
+    from jlcm_gguf import kernels
+    S, CB = np.ones((4, 1), np.float32), np.zeros((4, 1, 4), np.float32)
+    U, idx, err = np.eye(64, dtype=np.float32), np.zeros((4, 64), np.int64), np.zeros((4, 64), np.float32)
+    with pytest.raises(ValueError, match="W: need a 2-D float32"):
+        kernels.walk_feedback(np.zeros((4, 64)), S, CB, U, 0, 64, idx, err)           # float64
+    with pytest.raises(ValueError, match="U: need a 2-D float32 array with contiguous rows"):
+        strided = np.eye(64, 128, dtype=np.float32)[:, ::2]
+        kernels.walk_feedback(np.zeros((4, 64), np.float32), S, CB, strided, 0, 64, idx, err)
+    with pytest.raises(ValueError, match="K <= 16"):
+        kernels.walk_feedback(np.zeros((4, 64), np.float32), S, np.zeros((4, 1, 32), np.float32), U, 0, 64, idx, err)
+
+
 GPU_WALK = """
 import sys, torch
 from jlcm_gguf.calibrate import Gram
@@ -316,7 +367,7 @@ def test_gpu_column_walk_assigns_what_the_eager_walk_does(layer_data, qtype, tmp
     h = H["self_attn.q_proj"].float()
     q = learn.JLCM(qtype)
     s, C, groups, _ = q.init(w, calibrate.Gram(h))
-    eager = q.error_feedback_assign(w, calibrate.Gram(h), s, C, groups, gpu_walk=False)
+    eager = q.error_feedback_assign(w, calibrate.Gram(h), s, C, groups, gpu_walk=False, c_walk=False)
     torch.save((w, h, s, C, groups), tmp_path / "in.pt")
     subprocess.run([sys.executable, "-c", GPU_WALK, str(tmp_path / "in.pt"), str(tmp_path / "out.pt")],
                    check=True, env={**os.environ, "TRITON_INTERPRET": "1"})
