@@ -44,7 +44,8 @@ def jlcm3_model(tmp_path_factory):
     form, not its facts: the float model puts 0.97 on ' Paris' after "The capital of France is"; this
     file (AMD host) said Paris, but the same settings on an Intel host give ' England' 0.16 with Paris
     out of the top 5, and neither 8192 tokens, three distillation epochs, 48 distillation windows nor
-    four outer steps (6-7 min each) brought it back to the top. A file that knows the answer takes the
+    four outer steps (6-7 min each) brought it back to the top (test_answers_in_a_sentence has what it
+says now). A file that knows the answer takes the
     default settings (KLD 0.27, about half an hour here), too long for the tests."""
     from conftest import run_cli
     out = tmp_path_factory.mktemp("jlcm3") / "smollm2-jlcm3.gguf"
@@ -93,9 +94,19 @@ def test_upstream_backend_ops_on_cpu_for_jlcm(build):
 ANSWER = "The capital of France is "
 
 
-def test_answers_in_a_sentence(build, jlcm3_model):
+def test_answers_in_a_sentence(build, jlcm3_model, novels):
+    """The answer starts as the float model's does and goes on in English: its words after that start
+    are words of the novels (at least 80% of them, none repeated into a loop). Which words the quick
+    file picks there changes with any change to the learner ("England" on one host; "not a country,
+    but it is the United States," after the scale refits became exact), so the test asks for language,
+    not for a fact. Broken kernels give other characters, a loop of one word, or nothing."""
     text = llama_cpp.generate(build, jlcm3_model, CHAT, n_predict=16)
-    assert text.startswith(ANSWER) and text[len(ANSWER):len(ANSWER) + 1].isupper(), text
+    assert text.startswith(ANSWER), text
+    words = [w.lower() for w in re.findall(r"[A-Za-z]+", text[len(ANSWER):])]
+    vocab = {w.lower() for path in novels.values() for w in re.findall(r"[A-Za-z]+", path.read_text(encoding="utf-8"))}
+    vocab.add("paris")          # the float model's answer, which the novels never name
+    assert words and len(set(words)) >= min(3, len(words)), text
+    assert sum(w in vocab for w in words) >= 0.8 * len(words), text
 
 
 def test_perplexity_agrees_with_torch(build, converted, novels, tmp_path):
