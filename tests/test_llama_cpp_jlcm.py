@@ -44,9 +44,9 @@ def jlcm3_model(tmp_path_factory):
     form, not its facts: the float model puts 0.97 on ' Paris' after "The capital of France is"; this
     file (AMD host) said Paris, but the same settings on an Intel host give ' England' 0.16 with Paris
     out of the top 5, and neither 8192 tokens, three distillation epochs, 48 distillation windows nor
-    four outer steps (6-7 min each) brought it back to the top (test_answers_in_a_sentence has what it
-says now). A file that knows the answer takes the
-    default settings (KLD 0.27, about half an hour here), too long for the tests."""
+    four outer steps (6-7 min each) brought it back to the top (test_answers_in_a_sentence says what it
+    asks now). A file that knows the answer takes the default settings (KLD 0.27, about half an hour
+    here), too long for the tests."""
     from conftest import run_cli
     out = tmp_path_factory.mktemp("jlcm3") / "smollm2-jlcm3.gguf"
     r = run_cli("convert", assets.hf_model_dir(), "-o", out, "--type", "jlcm3", "--outer-steps", "0",
