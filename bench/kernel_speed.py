@@ -18,10 +18,13 @@ ggml_gemv_q4_0_8x8_q8_0, the layout the Q4_0 file runs in on this machine).
 ARM: the NEON inner loops of csrc/jlcm-arm.c and of the pinned ggml's
 arch/arm/quants.c, compiled with the aarch64 build's flags
 (-O3 -march=armv8.2-a+dotprod, aarch64-linux-gnu-gcc), cut out of the assembly
-and run through llvm-mca for Cortex-A76 and Cortex-A55: cycles per 256
-weights. (llvm-mca 14 has no A76 model of its own: -mcpu=cortex-a76 runs its
-Cortex-A57 model.) A loop's weights are 16 per sdot it holds; a superblock type's outer
-loop (256 weights) counts its inner loop once per trip.
+and run through llvm-mca 19 (Debian's llvm-19) for Cortex-A76 and Cortex-A55:
+cycles per 256 weights. The A76 runs on LLVM's Neoverse N1 model (the A76's
+server sibling): LLVM itself moved -mcpu=cortex-a76 onto that model in 2026;
+before that, and in every llvm-mca Debian ships, -mcpu=cortex-a76 runs the
+Cortex-A57 model (3 uops dispatched a cycle, a different machine). A loop's
+weights are 16 per sdot it holds; a superblock type's outer loop (256 weights)
+counts its inner loop once per trip.
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ import argparse
 import json
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -45,7 +49,9 @@ KERNEL_SOURCES = [f for f in llama_cpp.CSRC_FILES if f.endswith(".c")]
 X86_FLAGS = ["-O3", "-DNDEBUG", "-msse4.2", "-mf16c", "-mfma", "-mbmi2", "-mavx", "-mavx2"]   # ggml's, for this build
 ARM_CC = "aarch64-linux-gnu-gcc"
 ARM_FLAGS = ["-O3", "-DNDEBUG", "-march=armv8.2-a+dotprod"]
-CORES = ("cortex-a76", "cortex-a55")
+# target -> the llvm-mca model that stands for it
+CORES = {"cortex-a76": "neoverse-n1", "cortex-a55": "cortex-a55"}
+LLVM_MCA = "llvm-mca-19"
 # function in the assembly -> (type name, weights one pass of its outermost loop covers, or None: 16 per sdot)
 ARM_KERNELS = {
     "vec_dot_jlcm2_q8_0_simd": ("JLCM2", None),
@@ -108,8 +114,14 @@ def loops(body: list[str]) -> list[tuple[int, int]]:
             if (m := BRANCH.match(line)) and m.group(2) in labels and labels[m.group(2)] < i]
 
 
+def check_llvm_mca() -> None:
+    if shutil.which(LLVM_MCA) is None:
+        raise SystemExit(f"{LLVM_MCA} not found: the A76 figures need its Neoverse N1 model "
+                         "(apt-get install llvm-19)")
+
+
 def mca_cycles(lines: list[str], cpu: str) -> float:
-    out = run(["llvm-mca", "-mtriple=aarch64", f"-mcpu={cpu}", f"-iterations={MCA_ITERATIONS}"],
+    out = run([LLVM_MCA, "-mtriple=aarch64", f"-mcpu={CORES[cpu]}", f"-iterations={MCA_ITERATIONS}"],
               input="\n".join(instructions(lines))).stdout
     return int(re.search(r"Total Cycles:\s+(\d+)", out).group(1)) / MCA_ITERATIONS
 
@@ -136,6 +148,7 @@ def loop_cost_per_256(body: list[str], weights: int | None, cpu: str) -> float:
 
 def arm_rows(work: Path, commands: list) -> list[dict]:
     llama_cpp.check_cross_toolchain()
+    check_llvm_mca()
     ggml = llama_cpp.source_tree() / "ggml" / "src"
     sources = {"jlcm": (CSRC / "jlcm-arm.c", [f"-I{CSRC}"]),
                "ggml": (ggml / "ggml-cpu" / "arch" / "arm" / "quants.c",
@@ -148,11 +161,11 @@ def arm_rows(work: Path, commands: list) -> list[dict]:
         run(cmd)
         commands.append(shlex.join(cmd))
         funcs.update(functions(asm.read_text()))
-    commands.append(f"llvm-mca -mtriple=aarch64 -mcpu=<core> -iterations={MCA_ITERATIONS} <loop>")
+    commands.append(f"{LLVM_MCA} -mtriple=aarch64 -mcpu=<model> -iterations={MCA_ITERATIONS} <loop>")
     rows = []
     for fn, (tname, weights) in ARM_KERNELS.items():
         for cpu in CORES:
-            rows.append({"type": tname, "target": cpu, "function": fn,
+            rows.append({"type": tname, "target": cpu, "mca_model": CORES[cpu], "function": fn,
                          "cost_per_256": round(loop_cost_per_256(funcs[fn], weights, cpu), 2), "unit": "cycles"})
     return rows
 
@@ -181,7 +194,8 @@ def main() -> int:
         rows = x86_rows(Path(tmp), commands) + arm_rows(Path(tmp), commands)
     result = {"machine": scoreboard.machine_info(), "commands": commands,
               "llama_cpp": llama_cpp.LLAMA_CPP_COMMIT, "rows": rows, "speed_ratios": ratios(rows),
-              "note": "x86: measured ns (median; p10/p90 beside it); cortex-*: llvm-mca cycles of the NEON inner loop"}
+              "note": "x86: measured ns (median; p10/p90 beside it); cortex-*: llvm-mca cycles of the NEON inner loop "
+                      "(mca_model: the llvm-mca 19 model run for the target)"}
     cache.write_json(args.out, result)
     for r in rows:
         print(f"{r['target']:11s} {r['type']:8s} {r['cost_per_256']:8.2f} {r['unit']}")

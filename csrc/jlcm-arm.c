@@ -25,11 +25,23 @@ static inline int32x4_t dot16(int32x4_t acc, int8x16_t a, int8x16_t b) {
 #endif
 
 
+// A value the compiler must keep in a general register. The loops are bound by the two vector
+// pipes (Cortex-A76, Neoverse N1), and a dup or fmov from a general register runs on an integer
+// pipe, where gcc would otherwise move a word into a vector register first and shift or
+// broadcast it there, spending vector slots.
+#if defined(__GNUC__)
+#define JLCM_IN_GPR(x) __asm__("" : "+r"(x))
+#else
+#define JLCM_IN_GPR(x) ((void)0)
+#endif
+
 // Codebook tables, entry k in byte k and repeating (jlcm-impl.h).
 static inline void codebook_tables2(const block_jlcm2 * a, const block_jlcm2 * b, int8x16_t * ta, int8x16_t * tb) {
-    uint32x2_t w = vreinterpret_u32_u64(vcreate_u64(jlcm2_table_pair(a->cb, b->cb)));
-    *ta = vreinterpretq_s8_u32(vdupq_lane_u32(w, 0));
-    *tb = vreinterpretq_s8_u32(vdupq_lane_u32(w, 1));
+    const uint64_t w = jlcm2_table_pair(a->cb, b->cb);
+    uint32_t wb = (uint32_t)(w >> 32);
+    JLCM_IN_GPR(wb);
+    *ta = vreinterpretq_s8_u32(vdupq_n_u32((uint32_t)w));
+    *tb = vreinterpretq_s8_u32(vdupq_n_u32(wb));
 }
 
 static inline int8x16_t codebook_table3(const block_jlcm3 * b) {
@@ -61,6 +73,7 @@ static inline void high_indices(const block_jlcm3 * b, uint8x16_t i[4]) {
     };
     uint64_t raw;
     memcpy(&raw, b->qh, 8);
+    JLCM_IN_GPR(raw);
     const uint8x16_t h = vreinterpretq_u8_u64(vdupq_n_u64(raw));
     const uint8x16_t bit2 = vdupq_n_u8(4);
     for (int k = 0; k < 4; k++) {
@@ -77,20 +90,37 @@ static inline void block_dots(int8x16_t t, const uint8x16_t i[4], const block_q8
     p[1] = dot16(p[1], vqtbl1q_s8(t, i[3]), vld1q_s8(y[1].qs + 16));
 }
 
-// [a, b]
-static inline float32x2_t lanes2(float a, float b) {
-    return vzip1_f32(vdup_n_f32(a), vdup_n_f32(b));
+// The bits of float(h) as an integer, so that the scales below are put together in general
+// registers (the table's entry loaded as a word, not as a float).
+static inline uint32_t half_bits(jlcm_half h) {
+    uint32_t u;
+#if defined(JLCM_HALF_TABLE)
+    memcpy(&u, &jlcm_half_table[h], 4);
+#else
+    const float f = jlcm_half_to_float(h);
+    memcpy(&u, &f, 4);
+#endif
+    return u;
+}
+
+// [float(a), float(b)] as one 64-bit word
+static inline uint64_t half_pair_bits(jlcm_half a, jlcm_half b) {
+    return (uint64_t)half_bits(a) | (uint64_t)half_bits(b) << 32;
+}
+
+static inline float32x4_t f32x4_from_bits(uint64_t lo, uint64_t hi) {
+    return vreinterpretq_f32_u64(vcombine_u64(vcreate_u64(lo), vcreate_u64(hi)));
 }
 
 // acc += the dot products of two consecutive blocks a, b (activations y[0..3]): their four
-// halves' sums side by side, [a0, a1, b0, b1], times [d_a dy0, d_a dy1, d_b dy2, d_b dy3] --
+// halves' sums side by side, [a0, a1, b0, b1], times [dy0 d_a, dy1 d_a, dy2 d_b, dy3 d_b] --
 // one conversion and one multiply-add for 128 weights.
 static inline float32x4_t pair_into(float32x4_t acc, const int32x4_t pa[2], const int32x4_t pb[2],
                                     jlcm_half da, jlcm_half db, const block_q8_0_jlcm * y) {
     const int32x4_t sums = vpaddq_s32(vpaddq_s32(pa[0], pa[1]), vpaddq_s32(pb[0], pb[1]));
-    const float32x2_t sa = vmul_n_f32(lanes2(jlcm_half_lookup(y[0].d), jlcm_half_lookup(y[1].d)), jlcm_half_lookup(da));
-    const float32x2_t sb = vmul_n_f32(lanes2(jlcm_half_lookup(y[2].d), jlcm_half_lookup(y[3].d)), jlcm_half_lookup(db));
-    return vfmaq_f32(acc, vcvtq_f32_s32(sums), vcombine_f32(sa, sb));
+    const float32x4_t dy = f32x4_from_bits(half_pair_bits(y[0].d, y[1].d), half_pair_bits(y[2].d, y[3].d));
+    const float32x4_t dx = f32x4_from_bits(half_pair_bits(da, da), half_pair_bits(db, db));
+    return vfmaq_f32(acc, vcvtq_f32_s32(sums), vmulq_f32(dy, dx));
 }
 
 // A single block's dot product (the last of a row with an odd number of blocks).
