@@ -117,9 +117,6 @@ def quantize_model(hf_dir: Path, calib_text: str, plan: Plan, n_seqs: int = 32, 
     if not teach or not results:
         return Quantized(results, {}, [], seconds)
     t1 = time.time()
-    # The stream's open checkpoint maps every weight it read, and those pages count in this process's
-    # RSS (0.4 GB for the default model) beside the model below, whose linears become private copies.
-    del stream
     model = _float_model(hf_dir, device)
     for i in range(last):
         plan.hold(model.model.layers[i], i)
