@@ -41,37 +41,44 @@ static inline float jlcm_half_to_float(jlcm_half h) {
 // that every other step of a dot product keeps busy. A table repeats every 4 (JLCM2) or 8
 // (JLCM3) bytes, so an index byte's bits above its 2 (3) index bits may hold anything below 16.
 
-// x: codebook byte j at bits 16j..16j+7 (j < 4). Nibble k of the codebook holds entry k + 8;
-// it goes to byte k, and per byte, with no carries, (n + 0x78) ^ 0x80 = n - 8.
-static inline uint64_t jlcm_entries(uint64_t x) {
-    x = (x | x << 4) & 0x0f0f0f0f0f0f0f0full;
-    return (x + 0x7878787878787878ull) ^ 0x8080808080808080ull;
-}
-
 static inline uint64_t jlcm_load16(const uint8_t * p) {
     uint16_t v;
     memcpy(&v, p, 2);
     return v;
 }
 
-// A JLCM2 codebook: entry k in byte k.
-static inline uint32_t jlcm2_table_word(const uint8_t * cb) {
+// Codebook bytes spread out: byte j at bits 16j..16j+7 (j < 4).
+static inline uint64_t jlcm2_bytes(const uint8_t * cb) {
     const uint64_t x = jlcm_load16(cb);
-    return (uint32_t)jlcm_entries((x | x << 8) & 0x00ff00ffull);
+    return (x | x << 8) & 0x00ff00ffull;
 }
 
-// Two JLCM2 codebooks: a's entries in bytes 0-3, b's in bytes 4-7.
-static inline uint64_t jlcm2_table_pair(const uint8_t * a, const uint8_t * b) {
+// Two JLCM2 codebooks: a's bytes as above, b's 32 bits higher.
+static inline uint64_t jlcm2_bytes_pair(const uint8_t * a, const uint8_t * b) {
     const uint64_t x = jlcm_load16(a) | jlcm_load16(b) << 32;
-    return jlcm_entries((x | x << 8) & 0x00ff00ff00ff00ffull);
+    return (x | x << 8) & 0x00ff00ff00ff00ffull;
 }
 
-// A JLCM3 codebook: entry k in byte k.
-static inline uint64_t jlcm3_table_word(const uint8_t * cb) {
+static inline uint64_t jlcm3_bytes(const uint8_t * cb) {
     uint32_t raw;
     memcpy(&raw, cb, 4);
     uint64_t x = raw;
     x = (x | x << 16) & 0x0000ffff0000ffffull;      // codebook bytes 0-1 -> bits 0..15, bytes 2-3 -> 32..47
-    x = (x | x << 8) & 0x00ff00ff00ff00ffull;       // byte j -> bits 16j..16j+7
-    return jlcm_entries(x);
+    return (x | x << 8) & 0x00ff00ff00ff00ffull;    // byte j -> bits 16j..16j+7
 }
+
+// Spread bytes -> a table: nibble k of the codebook holds entry k + 8 and goes to byte k.
+// jlcm_nibbles keeps it so (unsigned, for maddubs: sum (u - 8) a = sum u a - 8 sum a);
+// jlcm_entries takes 8 off every byte with no carries, (n + 0x78) ^ 0x80 = n - 8.
+static inline uint64_t jlcm_nibbles(uint64_t x) {
+    return (x | x << 4) & 0x0f0f0f0f0f0f0f0full;
+}
+
+static inline uint64_t jlcm_entries(uint64_t x) {
+    return (jlcm_nibbles(x) + 0x7878787878787878ull) ^ 0x8080808080808080ull;
+}
+
+// int8 tables: a JLCM2 codebook's entry k in byte k; a pair's second in bytes 4-7; JLCM3's in 0-7.
+static inline uint32_t jlcm2_table_word(const uint8_t * cb) { return (uint32_t)jlcm_entries(jlcm2_bytes(cb)); }
+static inline uint64_t jlcm2_table_pair(const uint8_t * a, const uint8_t * b) { return jlcm_entries(jlcm2_bytes_pair(a, b)); }
+static inline uint64_t jlcm3_table_word(const uint8_t * cb) { return jlcm_entries(jlcm3_bytes(cb)); }

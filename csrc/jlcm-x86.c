@@ -11,7 +11,7 @@
 
 #define JLCM_HAVE_SIMD "avx2"
 
-// Two JLCM2 tables from one scalar word (jlcm2_table_pair), each in every dword. They reach
+// Two JLCM2 tables from one scalar word (nibbles of jlcm2_bytes_pair), each in every dword. They reach
 // the vector unit through memory: a broadcast load spends no vector ALU uop, where a move from
 // the general register and a broadcast spend two (measured: 4% of the JLCM2 dot product).
 static inline void table_broadcast32x2(uint64_t w, __m256i * ta, __m256i * tb) {
@@ -44,10 +44,13 @@ static inline void high_indices(const uint8_t * qh, __m256i * i0, __m256i * i1) 
     *i1 = _mm256_or_si256(*i1, _mm256_and_si256(h1, four));
 }
 
-// int8 weights . int8 activations, 32 of each -> 8 int32 partial sums
-static inline __m256i dot32(__m256i w, const int8_t * y) {
+// Weights . activations, 32 of each -> 8 int32 partial sums. The table gives u = weight + 8 in
+// 0..15 (unsigned, as maddubs wants), and sum u a - sum 8 a = sum weight a. Taking 8 a off costs
+// one more maddubs where the sign trick (|w|, a * sign w) costs two vpsignb, which compete for
+// the shuffle and float ports; pair sums stay within int16 (2 * 15 * 127 + 2 * 8 * 127).
+static inline __m256i dot32(__m256i u, const int8_t * y) {
     const __m256i a = _mm256_loadu_si256((const __m256i *)y);
-    const __m256i p = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(a, w));
+    const __m256i p = _mm256_sub_epi16(_mm256_maddubs_epi16(u, a), _mm256_maddubs_epi16(_mm256_set1_epi8(8), a));
     return _mm256_madd_epi16(p, _mm256_set1_epi16(1));
 }
 
@@ -76,7 +79,7 @@ static inline void accumulate(__m256 acc[2], __m256i w0, __m256i w1, __m256 d, c
     acc[1] = _mm256_fmadd_ps(s1, _mm256_cvtepi32_ps(dot32(w1, y[1].qs)), acc[1]);
 }
 
-// One block into acc, t its codebook table (jlcm2/3_table_word repeated): qh is NULL for JLCM2
+// One block into acc, t its codebook table (nibbles of jlcm2/3_bytes, repeated): qh is NULL for JLCM2
 // (inlined with a constant, so the branch folds away).
 static inline void block_into(__m256 acc[2], __m256i t, const uint8_t * qs, const uint8_t * qh,
                               jlcm_half d, const block_q8_0_jlcm * y) {
@@ -95,13 +98,13 @@ void vec_dot_jlcm2_q8_0_simd(int n, float * s, size_t bs, const void * vx, size_
     int b = 0;
     for (; b + 1 < nb; b += 2) {     // two blocks' tables from one scalar word
         __m256i ta, tb;
-        table_broadcast32x2(jlcm2_table_pair(x[b].cb, x[b + 1].cb), &ta, &tb);
+        table_broadcast32x2(jlcm_nibbles(jlcm2_bytes_pair(x[b].cb, x[b + 1].cb)), &ta, &tb);
         block_into(acc, ta, x[b].qs, NULL, x[b].d, &y[2 * b]);
         block_into(acc, tb, x[b + 1].qs, NULL, x[b + 1].d, &y[2 * b + 2]);
     }
     if (b < nb) {
         __m256i ta, tb;
-        table_broadcast32x2(jlcm2_table_word(x[b].cb), &ta, &tb);
+        table_broadcast32x2(jlcm_nibbles(jlcm2_bytes(x[b].cb)), &ta, &tb);
         block_into(acc, ta, x[b].qs, NULL, x[b].d, &y[2 * b]);
     }
     *s = hsum8(_mm256_add_ps(acc[0], acc[1]));
@@ -113,7 +116,7 @@ void vec_dot_jlcm3_q8_0_simd(int n, float * s, size_t bs, const void * vx, size_
     const block_q8_0_jlcm * y = (const block_q8_0_jlcm *)vy;
     __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
     for (int b = 0; b < n / QK_JLCM; b++) {
-        block_into(acc, _mm256_set1_epi64x((long long)jlcm3_table_word(x[b].cb)), x[b].qs, x[b].qh, x[b].d, &y[2 * b]);
+        block_into(acc, _mm256_set1_epi64x((long long)jlcm_nibbles(jlcm3_bytes(x[b].cb))), x[b].qs, x[b].qh, x[b].d, &y[2 * b]);
     }
     *s = hsum8(_mm256_add_ps(acc[0], acc[1]));
 }
