@@ -62,8 +62,33 @@ static inline void low_indices(const uint8_t * qs, uint8x16_t i[4]) {
 }
 
 // High index bits: bit i/8 of qh[i%8] into bit 2 of byte i. Byte j of the doubled qh is
-// qh[j%8]; weights 16k..16k+15 take bit 2k (lanes 0-7) or 2k+1 (lanes 8-15): a bit test
-// makes the lane all ones where it is set, and a bit select copies its bit 2.
+// qh[j%8]; weights 16k..16k+15 take bit 2k (lanes 0-7) or 2k+1 (lanes 8-15). Two ways, two
+// groups of 16 each, because either alone overloads one side of a Cortex-A76 (Neoverse N1 model):
+// - weights 16-47: a bit test makes the lane all ones where the bit is set, and a bit select
+//   copies its bit 2 (two vector ops per 16 weights; low_indices may leave bit 2 set in i[2]);
+// - weights 0-15 and 48-63, whose index bytes have bit 2 clear: qh shifted and masked in a
+//   general register holds bit j of every qh byte at bit 2 of that byte (one and with a shifted
+//   operand); two such words go to a vector register by two fmov, which run on the single
+//   multi-cycle integer pipe, and one orr merges them.
+// All eight words in general registers would leave that pipe the bound (llvm-mca, cycles per
+// 256 weights on the N1 model / the in-order A55's: all eight 59 / 306, all in vector ops 58 / 248,
+// these two groups of each kind 52 / 258, one group in vector ops 51 / 296).
+static inline uint64x2_t u64x2_from_gpr(uint64_t lo, uint64_t hi) {
+#if defined(__GNUC__)
+    uint64x2_t v;   // gcc would write the high half with ins, which also takes a vector slot
+    __asm__("fmov %d0, %1\n\tfmov %0.d[1], %2" : "=&w"(v) : "r"(lo), "r"(hi));
+    return v;
+#else
+    return vcombine_u64(vcreate_u64(lo), vcreate_u64(hi));
+#endif
+}
+
+static inline uint64_t high_word(uint64_t raw, uint64_t m, int j) {
+    uint64_t w = (j < 2 ? raw << (2 - j) : raw >> (j - 2)) & m;
+    JLCM_IN_GPR(w);
+    return w;
+}
+
 static inline void high_indices(const block_jlcm3 * b, uint8x16_t i[4]) {
     static const uint8_t bits[4][16] = {
         {0x01, 0x01, 0x01, 0x01, 0x01, 0x01, 0x01, 0x01, 0x02, 0x02, 0x02, 0x02, 0x02, 0x02, 0x02, 0x02},
@@ -71,13 +96,18 @@ static inline void high_indices(const block_jlcm3 * b, uint8x16_t i[4]) {
         {0x10, 0x10, 0x10, 0x10, 0x10, 0x10, 0x10, 0x10, 0x20, 0x20, 0x20, 0x20, 0x20, 0x20, 0x20, 0x20},
         {0x40, 0x40, 0x40, 0x40, 0x40, 0x40, 0x40, 0x40, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80},
     };
-    uint64_t raw;
+    uint64_t raw, m = 0x0404040404040404ull;
     memcpy(&raw, b->qh, 8);
     JLCM_IN_GPR(raw);
+    JLCM_IN_GPR(m);     // a register mask: gcc then folds each shift into the and
     const uint8x16_t h = vreinterpretq_u8_u64(vdupq_n_u64(raw));
-    const uint8x16_t bit2 = vdupq_n_u8(4);
     for (int k = 0; k < 4; k++) {
-        i[k] = vbslq_u8(bit2, vtstq_u8(h, vld1q_u8(bits[k])), i[k]);
+        if (k == 1 || k == 2) {
+            i[k] = vbslq_u8(vdupq_n_u8(4), vtstq_u8(h, vld1q_u8(bits[k])), i[k]);
+        } else {
+            const uint64x2_t w = u64x2_from_gpr(high_word(raw, m, 2 * k), high_word(raw, m, 2 * k + 1));
+            i[k] = vorrq_u8(i[k], vreinterpretq_u8_u64(w));
+        }
     }
 }
 
