@@ -77,13 +77,15 @@ def head_kl(model, teacher_norm, normed, teacher_hidden, chunk: int = 128) -> to
 
 def distill(model, quantized: dict, tokens: torch.Tensor, teacher_hidden: torch.Tensor,
             settings: DistillSettings, quiet: bool = False,
-            extra: tuple[dict, ...] = ()) -> tuple[dict[str, np.ndarray], dict, list[float]]:
+            extra: tuple[dict, ...] = (), after_step=None) -> tuple[dict[str, np.ndarray], dict, list[float]]:
     """Fit block multipliers and norm gains of `model`, whose linears named in `quantized`
     (HF name -> (JLCMType, blocks)) already hold their dequantized weights.
 
     teacher_hidden: the float model's final hidden states (before the final norm) for `tokens`.
     extra: more Adam parameter groups to fit alongside (bench/distill_variants.py's biases); the caller
     reads them back from its own tensors.
+    after_step: called as after_step(model, steps taken) after each step (bench/index_moves.py); it may
+    change the codes of `quantized`, which the returned blocks then hold.
     Returns (re-scaled blocks by name, tuned norm gains by HF name, mean loss per epoch)."""
     teacher_norm = copy.deepcopy(model.model.norm)
     for p in model.parameters():
@@ -116,6 +118,8 @@ def distill(model, quantized: dict, tokens: torch.Tensor, teacher_hidden: torch.
             opt.step()
             sched.step()
             total += loss.item()
+            if after_step is not None:
+                after_step(model, epoch * len(steps) + b // settings.batch + 1)
         history.append(total / len(steps))
     model.eval()
     blocks = {}

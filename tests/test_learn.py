@@ -481,6 +481,48 @@ def test_distillation_rescales_blocks_and_lowers_the_kl():
     assert kl_after < 0.9 * kl_before
 
 
+def test_distillation_calls_after_step_and_returns_the_codes_it_changed():
+    """after_step (bench/index_moves.py) sees every step, and an index it moves in `quantized` is in the
+    blocks the distillation returns, re-scaled but not put back."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from jlcm_gguf import distill
+    hf = assets.hf_model_dir()
+    model = AutoModelForCausalLM.from_pretrained(hf, dtype=torch.float32)
+    tokens = calibrate.calibration_tokens(AutoTokenizer.from_pretrained(hf),
+                                          assets.text_file("emma").read_text(encoding="utf-8"), 2, 64, 0)
+    caught = []
+    hook = model.model.norm.register_forward_hook(lambda mod, args, out: caught.append(args[0].detach()))
+    with torch.no_grad():
+        model.model(tokens)
+    hook.remove()
+    name = "model.layers.0.mlp.down_proj.weight"
+    lin = model.get_submodule(name.removesuffix(".weight"))
+    crude = learn.JLCM(pack.JLCM2, learn.Settings(update="none", error_feedback=False))
+    r = crude.quantize(lin.weight.detach(), torch.eye(lin.in_features))
+    with torch.no_grad():
+        lin.weight.copy_(r.weight)
+    quantized = {name: (pack.JLCM2, r.blocks)}
+    d, cb, idx = pack.unpack(pack.JLCM2, r.blocks)
+    moved = idx.copy()
+    moved[0, 0] = (idx[0, 0] + 1) % 4
+    seen = []
+
+    def after_step(m, k):
+        seen.append(k)
+        if k == 1:
+            quantized[name] = (pack.JLCM2, pack.pack(pack.JLCM2, d, cb, moved))
+            par = m.get_submodule(name.removesuffix(".weight")).parametrizations.weight
+            with torch.no_grad():
+                par.original[0, 0] = float(d[0]) * float(cb[0, moved[0, 0]])
+
+    blocks, _, _ = distill.distill(model, quantized, tokens, caught[0], distill.DistillSettings(epochs=2),
+                                   quiet=True, after_step=after_step)
+    assert seen == [1, 2, 3, 4]
+    d2, cb2, idx2 = pack.unpack(pack.JLCM2, blocks[name])
+    assert np.array_equal(idx2, moved) and np.array_equal(cb2, cb)
+    assert torch.equal(lin.weight, torch.from_numpy(pack.dequantize(pack.JLCM2, blocks[name])).view_as(lin.weight))
+
+
 def test_float_target_matches_the_float_output_and_is_w_where_paths_agree():
     g = torch.Generator().manual_seed(0)
     w = torch.randn(16, 64, generator=g, dtype=torch.float64)
