@@ -97,7 +97,8 @@ class IndexMoves:
         return hook
 
     def measure_fisher(self, tokens: torch.Tensor, seed: int = 0):
-        """a of the curvature: one backward pass per window of -log p(y), y drawn from the model."""
+        """a of the curvature (with exact, the whole diagonal): one backward pass per window of -log p(y),
+        y drawn from the model."""
         gen = torch.Generator().manual_seed(seed)
         self.fisher_pass = True
         if self.exact:
