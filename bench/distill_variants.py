@@ -80,14 +80,29 @@ class _Caught(Exception):
     pass
 
 
-def parse_run(spec: str) -> dict:
-    run = {"lr": distill.DistillSettings.lr, "bias": None, "seqs": None, "epochs": None}
+def parse_spec(spec: str, defaults: dict) -> dict:
+    """'key=value,...' over `defaults` (its keys are the known ones); values are floats."""
+    run = dict(defaults)
     for item in filter(None, spec.split(",")):
         key, _, value = item.partition("=")
         if key not in run:
-            raise SystemExit(f"--runs: unknown key {key!r} in {spec!r} (known: lr, bias, seqs, epochs)")
+            raise SystemExit(f"--runs: unknown key {key!r} in {spec!r} (known: {', '.join(run)})")
         run[key] = float(value)
     return run
+
+
+def parse_run(spec: str) -> dict:
+    return parse_spec(spec, {"lr": distill.DistillSettings.lr, "bias": None, "seqs": None, "epochs": None})
+
+
+def quantized_model(state: dict):
+    """The float model with the cached state's JLCM linears in their dequantized weights."""
+    model = quantize._float_model(assets.hf_model_dir(), "cpu")
+    with torch.no_grad():
+        for name, (qtype, blocks) in state["quantized"].items():
+            w = model.get_submodule(name.removesuffix(".weight")).weight
+            w.copy_(torch.from_numpy(pack.dequantize(qtype, blocks)).view_as(w))
+    return model
 
 
 def more_data(state: dict, n_seqs: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -117,11 +132,7 @@ def machine_tag(cpu: str) -> str:
 
 def distil_run(state: dict, run: dict) -> tuple[dict, dict, dict, list[float], float]:
     """Distil from the cached state; returns (weights, norms, biases by HF name, loss history, seconds)."""
-    model = quantize._float_model(assets.hf_model_dir(), "cpu")
-    with torch.no_grad():
-        for name, (qtype, blocks) in state["quantized"].items():
-            lin = model.get_submodule(name.removesuffix(".weight"))
-            lin.weight.copy_(torch.from_numpy(pack.dequantize(qtype, blocks)).view_as(lin.weight))
+    model = quantized_model(state)
     biases = {}
     if run["bias"] is not None:
         for name in state["quantized"]:
@@ -191,12 +202,9 @@ def main() -> int:
     p.add_argument("--out", type=Path, default=RESULTS / "distill_variants.json")
     args = p.parse_args()
     torch.set_num_threads(2)
-    from transformers import AutoTokenizer
 
     qtype = pack.TYPES[args.type]
-    hf = assets.hf_model_dir()
-    data = evaluate.eval_data(AutoTokenizer.from_pretrained(hf), assets.text_file(assets.EVAL_TEXT), 512, args.chunks)
-    ref = evaluate.reference(quantize._float_model(hf, "cpu"), data, "hf-float32")
+    data, ref = qbench.eval_setup(args.chunks)
     state = layerwise_state(qtype, args.calib_seqs)
     header = {"what": __doc__.split("\n")[0], "model": assets.MODEL_NAME, "machine": scoreboard.machine_info(),
               "eval": {"text": data.text, "ctx": 512, "chunks": args.chunks},

@@ -60,17 +60,14 @@ def main() -> int:
     p.add_argument("--out", type=Path, default=RESULTS / "guided.json")
     args = p.parse_args()
     torch.set_num_threads(2)
-    from transformers import AutoTokenizer
 
     hf = assets.hf_model_dir()
-    tok = AutoTokenizer.from_pretrained(hf)
-    data = evaluate.eval_data(tok, assets.text_file(assets.EVAL_TEXT), 512, args.chunks)
-    ref = evaluate.reference(quantize._float_model(hf, "cpu"), data, "hf-float32")
+    data, ref = qbench.eval_setup(args.chunks)
     calib = assets.joined_text(assets.CALIBRATION_NOVELS).read_text(encoding="utf-8")
     qtype = pack.TYPES[args.type]
     header = {"what": __doc__.split("\n")[0], "model": assets.MODEL_NAME, "machine": scoreboard.machine_info(),
               "eval": {"text": data.text, "ctx": 512, "chunks": args.chunks},
-              "baseline": f"bench/results/quantizer.json, row {args.type} (the same run with plain H)",
+              "baseline": "bench/results/quantizer.json, the row of the same type (the same run with plain H)",
               "commands": ["python bench/guided.py " + shlex.join(sys.argv[1:])]}
     for spec in args.runs.split(";"):
         run = parse_run(spec)

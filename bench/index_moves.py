@@ -51,7 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.utils import parametrize
 
-from jlcm_gguf import assets, distill, evaluate, pack, quantize, scoreboard
+from jlcm_gguf import assets, distill, evaluate, pack, scoreboard
 from jlcm_gguf.learn import move_scores
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -165,21 +165,12 @@ def _add(acc, x):
 
 
 def parse_run(spec: str) -> dict:
-    run = {"moves": 0, "rho": 0.5, "frac": 0.001, "start": 0, "exact": 0}
-    for item in filter(None, spec.split(",")):
-        key, _, value = item.partition("=")
-        if key not in run:
-            raise SystemExit(f"--runs: unknown key {key!r} in {spec!r} (known: {', '.join(run)})")
-        run[key] = float(value)
-    return run
+    return dv.parse_spec(spec, {"moves": 0, "rho": 0.5, "frac": 0.001, "start": 0, "exact": 0})
 
 
 def quantized_model(state: dict):
-    model = quantize._float_model(assets.hf_model_dir(), "cpu")
-    with torch.no_grad():
-        for name, (qtype, blocks) in state["quantized"].items():
-            w = model.get_submodule(name.removesuffix(".weight")).weight
-            w.copy_(torch.from_numpy(pack.dequantize(qtype, blocks)).view_as(w))
+    """dv.quantized_model with no weight gradients: the moves' passes want only activation gradients."""
+    model = dv.quantized_model(state)
     for p in model.parameters():
         p.requires_grad_(False)
     return model
@@ -266,18 +257,15 @@ def main() -> int:
     p.add_argument("--out", type=Path, default=RESULTS / "index_moves.json")
     args = p.parse_args()
     torch.set_num_threads(2)
-    from transformers import AutoTokenizer
 
     qtype = pack.TYPES[args.type]
-    hf = assets.hf_model_dir()
     state = dv.layerwise_state(qtype, args.calib_seqs)
     header = {"what": __doc__.split("\n")[0], "model": assets.MODEL_NAME, "machine": scoreboard.machine_info(),
               "commands": ["python bench/index_moves.py " + shlex.join(sys.argv[1:])]}
     if args.probe:
         header["probe"] = probe(state) + probe(state, exact=True)
-    data = evaluate.eval_data(AutoTokenizer.from_pretrained(hf), assets.text_file(assets.EVAL_TEXT), 512, args.chunks)
+    data, ref = qbench.eval_setup(args.chunks)
     header["eval"] = {"text": data.text, "ctx": 512, "chunks": args.chunks}
-    ref = evaluate.reference(quantize._float_model(hf, "cpu"), data, "hf-float32")
     for spec in args.runs.split(";"):
         run = parse_run(spec)
         weights, norms, history, moved, seconds = moves_run(state, run)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from jlcm_gguf import assets, cache, evaluate, llama_cpp, pack, scoreboard
+from jlcm_gguf import assets, cache, evaluate, llama_cpp, pack, quantize, scoreboard
 from jlcm_gguf.distill import DistillSettings
 from jlcm_gguf.learn import Settings
 from jlcm_gguf.quantize import Plan, peak_rss_bytes, quantize_model
@@ -114,6 +114,14 @@ def stock_file(qtype: str) -> Path:
 def load_gguf_model(path: Path):
     from transformers import AutoModelForCausalLM
     return AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+
+
+def eval_setup(chunks: int, ctx: int = 512):
+    """(the evaluation tokens, the float model's reference on them), as every JLCM row is scored."""
+    from transformers import AutoTokenizer
+    hf = assets.hf_model_dir()
+    data = evaluate.eval_data(AutoTokenizer.from_pretrained(hf), assets.text_file(assets.EVAL_TEXT), ctx, chunks)
+    return data, evaluate.reference(quantize._float_model(hf, "cpu"), data, "hf-float32")
 
 
 def rest_model(tensors: dict, rest_path: Path | None = None):
