@@ -230,6 +230,33 @@ void gemv_jlcm3x8_q8_0_ref(int n, float * s, size_t bs, const void * vx, const v
     gemv_x8_ref(n, s, (const uint8_t *)vx, sizeof(block_jlcm3x8), jlcm3x8_weights, (const block_q8_0_jlcm *)vy, nc);
 }
 
+// gemm: activation rows come 4 at a time (block_q8_0x4_jlcm). Each row is put back in order and
+// goes through the reference gemv.
+typedef void (*jlcm_gemv_fn)(int, float *, size_t, const void *, const void *, int, int);
+
+static void gemm_by_rows(jlcm_gemv_fn gemv, int n, float * s, size_t bs, const void * vx, const void * vy, int nr, int nc) {
+    const int nb = n / QK8_0_JLCM;
+    block_q8_0_jlcm row[nb];
+    for (int y = 0; y < nr / 4; y++) {
+        const block_q8_0x4_jlcm * a = (const block_q8_0x4_jlcm *)vy + (size_t)y * nb;
+        for (int m = 0; m < 4; m++) {
+            for (int b = 0; b < nb; b++) {
+                row[b].d = a[b].d[m];
+                for (int k = 0; k < QK8_0_JLCM; k++) row[b].qs[k] = a[b].qs[32 * (k / 8) + 8 * m + k % 8];
+            }
+            gemv(n, s + (size_t)(4 * y + m) * bs, bs, vx, row, 1, nc);
+        }
+    }
+}
+
+void gemm_jlcm2x8_q8_0x4_ref(int n, float * s, size_t bs, const void * vx, const void * vy, int nr, int nc) {
+    gemm_by_rows(gemv_jlcm2x8_q8_0_ref, n, s, bs, vx, vy, nr, nc);
+}
+
+void gemm_jlcm3x8_q8_0x4_ref(int n, float * s, size_t bs, const void * vx, const void * vy, int nr, int nc) {
+    gemm_by_rows(gemv_jlcm3x8_q8_0_ref, n, s, bs, vx, vy, nr, nc);
+}
+
 // ---------------------------------------------------------------------------------------
 // Data-free reference quantizer: what ggml's from_float / quantize_chunk call (llama-quantize,
 // copies into a JLCM tensor, upstream's tests). jlcm-gguf's learned quantizer (jlcm_gguf/) is

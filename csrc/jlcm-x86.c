@@ -174,12 +174,18 @@ static inline __m256 jlcm2x8_scales(const jlcm_half d[8]) {
 #endif
 }
 
-// u * a summed over one activation block (32 weights = groups 8h..8h+7) for the eight rows.
-static inline __m256i jlcm2x8_half(__m256i t, const uint8_t * qs, const int8_t * a) {
+// Activations: R rows (1 for gemv's plain Q8_0 blocks, 4 for gemm's block_q8_0x4_jlcm), whose
+// 8-byte chunk c of a 32-weight block lies at qs + cs * c + 8 * r (cs = 8 plain, 32 interleaved).
+// The kernels below are inlined with R and cs constant; with R = 4 the index spreading and table
+// lookups are shared by the four activation rows, where gemm once ran the gemv row by row.
+
+// u * a summed over one activation block (32 weights = groups 8h..8h+7) for the eight weight rows,
+// out[r] for activation row r. Per int16 lane 8 groups add at most 8 * 2 * 15 * 127 < 2^15.
+static JLCM_INLINE void jlcm2x8_half(__m256i t, const uint8_t * qs, const int8_t * a, int cs, int R, __m256i out[]) {
     const __m256i m3   = _mm256_set1_epi8(3);
     const __m256i rows = _mm256_setr_epi8(0, 0, 0, 0, 4, 4, 4, 4, 8, 8, 8, 8, 12, 12, 12, 12,
                                           0, 0, 0, 0, 4, 4, 4, 4, 8, 8, 8, 8, 12, 12, 12, 12);
-    __m256i p = _mm256_setzero_si256();
+    __m256i p[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256()};
 #if defined(__clang__)
 #pragma unroll
 #elif defined(__GNUC__)
@@ -188,32 +194,47 @@ static inline __m256i jlcm2x8_half(__m256i t, const uint8_t * qs, const int8_t *
     for (int m = 0; m < 2; m++) {
         const __m256i q = _mm256_loadu_si256((const __m256i *)(qs + 32 * m));
         for (int k = 0; k < 4; k++) {
-            const __m256i idx = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q, 2 * k), m3), rows);
-            int32_t a4;
-            memcpy(&a4, a + 4 * (4 * m + k), 4);
-            p = _mm256_add_epi16(p, _mm256_maddubs_epi16(_mm256_shuffle_epi8(t, idx), _mm256_set1_epi32(a4)));
+            const int g = 4 * m + k;      // weights 4g..4g+3: half of chunk g / 2
+            const __m256i w = _mm256_shuffle_epi8(t, _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q, 2 * k), m3), rows));
+            for (int r = 0; r < R; r++) {
+                int32_t a4;
+                memcpy(&a4, a + cs * (g / 2) + 8 * r + 4 * (g % 2), 4);
+                p[r] = _mm256_add_epi16(p[r], _mm256_maddubs_epi16(w, _mm256_set1_epi32(a4)));
+            }
         }
     }
-    return _mm256_madd_epi16(p, _mm256_set1_epi16(1));
+    for (int r = 0; r < R; r++) out[r] = _mm256_madd_epi16(p[r], _mm256_set1_epi16(1));
 }
 
-// 8 * the sum of each activation block's int8 values: the unsigned entries' offset, for all rows.
-static void activation_sums8(const block_q8_0_jlcm * y, int nblocks, int32_t * out) {
-    for (int b = 0; b < nblocks; b++) {
-        int32_t t = 0;
-        for (int j = 0; j < QK8_0_JLCM; j++) t += y[b].qs[j];
-        out[b] = 8 * t;
+// 8 * the sum of each activation block's int8 values, out[R * b + r]: the unsigned entries' offset,
+// for all weight rows. blk: the first block's qs, step bytes apart. psadbw sums a + 128 (unsigned)
+// over each quadword: 8 bytes of the plain block, or one row's chunk of an interleaved one.
+static JLCM_INLINE void activation_sums8(const int8_t * blk, size_t step, int nblocks, int R, int32_t * out) {
+    const __m256i bias = _mm256_set1_epi8((char)0x80);
+    for (int b = 0; b < nblocks; b++, blk += step) {
+        __m256i acc = _mm256_setzero_si256();
+        for (int c = 0; c < (R == 1 ? 1 : 4); c++) {
+            const __m256i a = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(blk + 32 * c)), bias);
+            acc = _mm256_add_epi64(acc, _mm256_sad_epu8(a, _mm256_setzero_si256()));
+        }
+        int64_t q[4];
+        _mm256_storeu_si256((__m256i *)q, acc);
+        if (R == 1) {
+            out[b] = 8 * (int32_t)(q[0] + q[1] + q[2] + q[3] - 32 * 128);
+        } else {
+            for (int r = 0; r < 4; r++) out[R * b + r] = 8 * (int32_t)(q[r] - 32 * 128);
+        }
     }
 }
 
-// acc (one lane per row) += d_row * (d_y0 * (sums0 - 8 sum a_0) + d_y1 * (sums1 - 8 sum a_1))
-static inline __m256 jlcm_x8_accumulate(__m256 acc, __m256i sums0, __m256i sums1, const int32_t * asum8,
-                                        const block_q8_0_jlcm * y, const jlcm_half d[8]) {
-    const __m256i i0 = _mm256_sub_epi32(sums0, _mm256_set1_epi32(asum8[0]));
-    const __m256i i1 = _mm256_sub_epi32(sums1, _mm256_set1_epi32(asum8[1]));
-    __m256 f = _mm256_mul_ps(half_broadcast(y[1].d), _mm256_cvtepi32_ps(i1));
-    f = _mm256_fmadd_ps(half_broadcast(y[0].d), _mm256_cvtepi32_ps(i0), f);
-    return _mm256_fmadd_ps(jlcm2x8_scales(d), f, acc);
+// acc (one lane per weight row) += d_row * (d_y0 * (sums0 - 8 sum a_0) + d_y1 * (sums1 - 8 sum a_1))
+static inline __m256 jlcm_x8_accumulate(__m256 acc, __m256i sums0, __m256i sums1, int32_t asum8_0, int32_t asum8_1,
+                                        jlcm_half dy0, jlcm_half dy1, __m256 d) {
+    const __m256i i0 = _mm256_sub_epi32(sums0, _mm256_set1_epi32(asum8_0));
+    const __m256i i1 = _mm256_sub_epi32(sums1, _mm256_set1_epi32(asum8_1));
+    __m256 f = _mm256_mul_ps(half_broadcast(dy1), _mm256_cvtepi32_ps(i1));
+    f = _mm256_fmadd_ps(half_broadcast(dy0), _mm256_cvtepi32_ps(i0), f);
+    return _mm256_fmadd_ps(d, f, acc);
 }
 
 // JLCM3 (block_jlcm3x8): a 128-bit lane's table holds two rows' 8 entries (bytes 0-7, 8-15), so a
@@ -229,15 +250,17 @@ static inline void jlcm3x8_tables(const uint8_t cb[32], __m256i * t0, __m256i * 
 }
 
 // Index vectors v = 8h .. 8h+7 of one half: low bits in the half's 64 bytes of qs (bits 2(v%4) of
-// vector v%8/4), high bit v%8 of the half's 32 bytes of qh, moved to bit 2.
-static inline __m256i jlcm3x8_half(__m256i t0, __m256i t1, const uint8_t * qs, const uint8_t * qh, const int8_t * a) {
+// vector v%8/4), high bit v%8 of the half's 32 bytes of qh, moved to bit 2. Vector v covers chunk v / 2.
+static JLCM_INLINE void jlcm3x8_half(__m256i t0, __m256i t1, const uint8_t * qs, const uint8_t * qh,
+                                const int8_t * a, int cs, int R, __m256i out[]) {
     const __m256i m3   = _mm256_set1_epi8(3);
     const __m256i m4   = _mm256_set1_epi8(4);
     const __m256i rows = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 8, 8, 8, 8, 8, 8, 8, 8,
                                           0, 0, 0, 0, 0, 0, 0, 0, 8, 8, 8, 8, 8, 8, 8, 8);
     const __m256i h = _mm256_loadu_si256((const __m256i *)qh);
-    __m256i acc[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
-    // unrolled: every shift count is then an immediate, and acc[k % 2] a register
+    __m256i acc[4][2];
+    for (int r = 0; r < R; r++) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
+    // unrolled: every shift count is then an immediate, and acc[r][k % 2] a register
 #if defined(__clang__)
 #pragma unroll
 #elif defined(__GNUC__)
@@ -248,54 +271,76 @@ static inline __m256i jlcm3x8_half(__m256i t0, __m256i t1, const uint8_t * qs, c
         const __m256i lo = _mm256_and_si256(_mm256_srli_epi16(q, 2 * (k % 4)), m3);
         const __m256i hs = k < 2 ? _mm256_slli_epi16(h, 2 - k) : _mm256_srli_epi16(h, k - 2);
         const __m256i idx = _mm256_or_si256(_mm256_or_si256(lo, _mm256_and_si256(hs, m4)), rows);
-        int64_t a8;
-        memcpy(&a8, a + 8 * (k / 2), 8);
         const __m256i w = _mm256_shuffle_epi8(k % 2 ? t1 : t0, idx);
-        acc[k % 2] = _mm256_add_epi16(acc[k % 2], _mm256_maddubs_epi16(w, _mm256_set1_epi64x(a8)));
+        for (int r = 0; r < R; r++) {
+            int64_t a8;
+            memcpy(&a8, a + cs * (k / 2) + 8 * r, 8);
+            acc[r][k % 2] = _mm256_add_epi16(acc[r][k % 2], _mm256_maddubs_epi16(w, _mm256_set1_epi64x(a8)));
+        }
     }
     const __m256i ones = _mm256_set1_epi16(1);
-    return _mm256_hadd_epi32(_mm256_madd_epi16(acc[0], ones), _mm256_madd_epi16(acc[1], ones));
+    for (int r = 0; r < R; r++) out[r] = _mm256_hadd_epi32(_mm256_madd_epi16(acc[r][0], ones), _mm256_madd_epi16(acc[r][1], ones));
 }
 
-// Both layouts' gemv; jlcm3 is a constant in each caller, so each copy keeps only its own block code.
-static inline void gemv_x8(int n, float * s, const void * vx, const void * vy, int nc, int jlcm3) {
+// Both layouts, R activation rows at a time (gemv: R = 1; gemm: R = 4, nr / 4 passes); jlcm3 and R
+// are constants in each caller, so each copy keeps only its own code.
+static JLCM_INLINE void x8_kernel(int n, float * s, size_t bs, const void * vx, const void * vy, int nr, int nc, int jlcm3, int R) {
     const int nb = n / QK_JLCM;
-    const block_q8_0_jlcm * y = (const block_q8_0_jlcm *)vy;
-    int32_t asum8[2 * nb];
-    activation_sums8(y, 2 * nb, asum8);
-    for (int x = 0; x < nc / 8; x++) {
-        __m256 acc = _mm256_setzero_ps();
-        for (int b = 0; b < nb; b++) {
-            __m256i sums0, sums1;
-            const jlcm_half * d;
-            if (jlcm3) {
-                const block_jlcm3x8 * blk = (const block_jlcm3x8 *)vx + (size_t)x * nb + b;
-                __m256i t0, t1;
-                jlcm3x8_tables(blk->cb, &t0, &t1);
-                sums0 = jlcm3x8_half(t0, t1, blk->qs, blk->qh, y[2 * b].qs);
-                sums1 = jlcm3x8_half(t0, t1, blk->qs + 64, blk->qh + 32, y[2 * b + 1].qs);
-                d = blk->d;
-            } else {
-                const block_jlcm2x8 * blk = (const block_jlcm2x8 *)vx + (size_t)x * nb + b;
-                const __m256i t = jlcm2x8_tables(blk->cb);
-                sums0 = jlcm2x8_half(t, blk->qs, y[2 * b].qs);
-                sums1 = jlcm2x8_half(t, blk->qs + 64, y[2 * b + 1].qs);
-                d = blk->d;
+    const int cs = R == 1 ? 8 : 32;
+    const size_t ystep = R == 1 ? sizeof(block_q8_0_jlcm) : sizeof(block_q8_0x4_jlcm);
+    const size_t qs_at = R == 1 ? offsetof(block_q8_0_jlcm, qs) : offsetof(block_q8_0x4_jlcm, qs);
+    int32_t asum8[4 * 2 * nb];
+    for (int yr = 0; yr < (R == 1 ? 1 : nr / 4); yr++) {
+        const uint8_t * y = (const uint8_t *)vy + (size_t)yr * 2 * nb * ystep;
+        activation_sums8((const int8_t *)(y + qs_at), ystep, 2 * nb, R, asum8);
+        for (int x = 0; x < nc / 8; x++) {
+            __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+            for (int b = 0; b < nb; b++) {
+                const uint8_t * y0 = y + 2 * b * ystep, * y1 = y0 + ystep;
+                const int8_t * a0 = (const int8_t *)(y0 + qs_at), * a1 = (const int8_t *)(y1 + qs_at);
+                __m256i sums0[4], sums1[4];
+                const jlcm_half * d;
+                if (jlcm3) {
+                    const block_jlcm3x8 * blk = (const block_jlcm3x8 *)vx + (size_t)x * nb + b;
+                    __m256i t0, t1;
+                    jlcm3x8_tables(blk->cb, &t0, &t1);
+                    jlcm3x8_half(t0, t1, blk->qs, blk->qh, a0, cs, R, sums0);
+                    jlcm3x8_half(t0, t1, blk->qs + 64, blk->qh + 32, a1, cs, R, sums1);
+                    d = blk->d;
+                } else {
+                    const block_jlcm2x8 * blk = (const block_jlcm2x8 *)vx + (size_t)x * nb + b;
+                    const __m256i t = jlcm2x8_tables(blk->cb);
+                    jlcm2x8_half(t, blk->qs, a0, cs, R, sums0);
+                    jlcm2x8_half(t, blk->qs + 64, a1, cs, R, sums1);
+                    d = blk->d;
+                }
+                const __m256 dx = jlcm2x8_scales(d);
+                for (int r = 0; r < R; r++) {
+                    jlcm_half dy0, dy1;     // plain: d at offset 0; interleaved: d[r]
+                    memcpy(&dy0, y0 + 2 * (R == 1 ? 0 : r), 2);
+                    memcpy(&dy1, y1 + 2 * (R == 1 ? 0 : r), 2);
+                    acc[r] = jlcm_x8_accumulate(acc[r], sums0[r], sums1[r], asum8[R * 2 * b + r], asum8[R * (2 * b + 1) + r], dy0, dy1, dx);
+                }
             }
-            acc = jlcm_x8_accumulate(acc, sums0, sums1, &asum8[2 * b], &y[2 * b], d);
+            for (int r = 0; r < R; r++) _mm256_storeu_ps(s + (size_t)(R * yr + r) * bs + 8 * x, acc[r]);
         }
-        _mm256_storeu_ps(s + 8 * x, acc);
     }
 }
 
 void gemv_jlcm2x8_q8_0_simd(int n, float * s, size_t bs, const void * vx, const void * vy, int nr, int nc) {
-    (void)bs; (void)nr;
-    gemv_x8(n, s, vx, vy, nc, 0);
+    x8_kernel(n, s, bs, vx, vy, nr, nc, 0, 1);
 }
 
 void gemv_jlcm3x8_q8_0_simd(int n, float * s, size_t bs, const void * vx, const void * vy, int nr, int nc) {
-    (void)bs; (void)nr;
-    gemv_x8(n, s, vx, vy, nc, 1);
+    x8_kernel(n, s, bs, vx, vy, nr, nc, 1, 1);
+}
+
+void gemm_jlcm2x8_q8_0x4_simd(int n, float * s, size_t bs, const void * vx, const void * vy, int nr, int nc) {
+    x8_kernel(n, s, bs, vx, vy, nr, nc, 0, 4);
+}
+
+void gemm_jlcm3x8_q8_0x4_simd(int n, float * s, size_t bs, const void * vx, const void * vy, int nr, int nc) {
+    x8_kernel(n, s, bs, vx, vy, nr, nc, 1, 4);
 }
 
 const char * jlcm_simd_name(void) { return JLCM_HAVE_SIMD; }

@@ -38,6 +38,13 @@ typedef struct {
     int8_t    qs[QK8_0_JLCM];
 } block_q8_0_jlcm;               // ggml's block_q8_0, byte for byte
 
+// Four activation rows' Q8_0 blocks at one column (ggml's block_q8_0x4, the repack path's gemm
+// input): row m's scale d[m], its byte k at qs[32 * (k / 8) + 8 * m + k % 8].
+typedef struct {
+    jlcm_half d[4];
+    int8_t    qs[4 * QK8_0_JLCM];
+} block_q8_0x4_jlcm;
+
 // Eight rows' JLCM2 blocks at one column, interleaved for ggml's repack path (the bytes of eight
 // block_jlcm2, rearranged; rows stay JLCM2 blocks in the file). Row r of the eight has scale d[r]
 // and codebook cb[2r], cb[2r+1]. Weights go in groups of 4 (g = 0..15): the index of row r's
@@ -66,12 +73,14 @@ typedef struct {
 static_assert(sizeof(block_jlcm2) == 20, "wrong jlcm2 block size/padding");
 static_assert(sizeof(block_jlcm3) == 30, "wrong jlcm3 block size/padding");
 static_assert(sizeof(block_q8_0_jlcm) == 34, "wrong q8_0 block size/padding");
+static_assert(sizeof(block_q8_0x4_jlcm) == 136, "wrong q8_0x4 block size/padding");
 static_assert(sizeof(block_jlcm2x8) == 8 * sizeof(block_jlcm2), "wrong jlcm2x8 block size/padding");
 static_assert(sizeof(block_jlcm3x8) == 8 * sizeof(block_jlcm3), "wrong jlcm3x8 block size/padding");
 #else
 _Static_assert(sizeof(block_jlcm2) == 20, "wrong jlcm2 block size/padding");
 _Static_assert(sizeof(block_jlcm3) == 30, "wrong jlcm3 block size/padding");
 _Static_assert(sizeof(block_q8_0_jlcm) == 34, "wrong q8_0 block size/padding");
+_Static_assert(sizeof(block_q8_0x4_jlcm) == 136, "wrong q8_0x4 block size/padding");
 _Static_assert(sizeof(block_jlcm2x8) == 8 * sizeof(block_jlcm2), "wrong jlcm2x8 block size/padding");
 _Static_assert(sizeof(block_jlcm3x8) == 8 * sizeof(block_jlcm3), "wrong jlcm3x8 block size/padding");
 #endif
@@ -111,18 +120,23 @@ void vec_dot_jlcm3_q8_0_simd(int n, float * s, size_t bs, const void * vx, size_
 // The repacked JLCM2 layout (block_jlcm2x8), ggml's repack-path signatures. repack: nrows (a multiple
 // of 8) rows of n weights from row-major blocks; returns 0, or -1 when the shape does not fit.
 // gemv: s[0..nc) = rows 0..nc (nc a multiple of 8) of vx times one Q8_0 row vy, the same sums as
-// vec_dot_jlcm2_q8_0 row by row. gemm: nr (a multiple of 4) activation rows as ggml's block_q8_0x4
-// (4 rows interleaved 8 bytes at a time); s[y * bs + x] for activation row y, weight row x.
+// vec_dot_jlcm2_q8_0 row by row. gemm: nr (a multiple of 4) activation rows as block_q8_0x4_jlcm
+// (4 rows interleaved 8 bytes at a time); s[y * bs + x] for activation row y, weight row x, the
+// gemv's sums for each activation row (the reference runs the reference gemv row by row).
 int  repack_jlcm2x8(block_jlcm2x8 * dst, const block_jlcm2 * src, int64_t nrows, int64_t n);
 void gemv_jlcm2x8_q8_0_ref(int n, float * s, size_t bs, const void * vx, const void * vy, int nr, int nc);
 void gemv_jlcm2x8_q8_0_simd(int n, float * s, size_t bs, const void * vx, const void * vy, int nr, int nc);
 void gemv_jlcm2x8_q8_0(int n, float * s, size_t bs, const void * vx, const void * vy, int nr, int nc);
+void gemm_jlcm2x8_q8_0x4_ref(int n, float * s, size_t bs, const void * vx, const void * vy, int nr, int nc);
+void gemm_jlcm2x8_q8_0x4_simd(int n, float * s, size_t bs, const void * vx, const void * vy, int nr, int nc);
 void gemm_jlcm2x8_q8_0x4(int n, float * s, size_t bs, const void * vx, const void * vy, int nr, int nc);
 // The same for JLCM3 (block_jlcm3x8).
 int  repack_jlcm3x8(block_jlcm3x8 * dst, const block_jlcm3 * src, int64_t nrows, int64_t n);
 void gemv_jlcm3x8_q8_0_ref(int n, float * s, size_t bs, const void * vx, const void * vy, int nr, int nc);
 void gemv_jlcm3x8_q8_0_simd(int n, float * s, size_t bs, const void * vx, const void * vy, int nr, int nc);
 void gemv_jlcm3x8_q8_0(int n, float * s, size_t bs, const void * vx, const void * vy, int nr, int nc);
+void gemm_jlcm3x8_q8_0x4_ref(int n, float * s, size_t bs, const void * vx, const void * vy, int nr, int nc);
+void gemm_jlcm3x8_q8_0x4_simd(int n, float * s, size_t bs, const void * vx, const void * vy, int nr, int nc);
 void gemm_jlcm3x8_q8_0x4(int n, float * s, size_t bs, const void * vx, const void * vy, int nr, int nc);
 
 // Which SIMD path this build holds: "avx2", "neon-dotprod", "neon", or NULL (scalar only).

@@ -101,14 +101,15 @@ static void check_simd_equals_scalar(const type_info * t, int n, int trial) {
 }
 
 // The repacked layouts (block_jlcm2x8, block_jlcm3x8): 16 rows (two groups of eight) through
-// repack + gemv (scalar and the build's fastest) and through gemm with four interleaved activation
-// rows, each equal to the row's vec_dot reference on exact data (the same integers, so only float
+// repack + gemv and through gemm (each scalar and the build's fastest) with eight activation rows,
+// two passes of four interleaved, each equal to the row's vec_dot reference on exact data (the same integers, so only float
 // order could differ, and on exact data it cannot).
 typedef struct {
     const type_info * t;
     int  (*repack)(void *, const void *, int64_t, int64_t);
     void (*gemv_ref)(int, float *, size_t, const void *, const void *, int, int);
     void (*gemv)(int, float *, size_t, const void *, const void *, int, int);
+    void (*gemm_ref)(int, float *, size_t, const void *, const void *, int, int);
     void (*gemm)(int, float *, size_t, const void *, const void *, int, int);
 } repack_info;
 
@@ -116,19 +117,18 @@ static int repack2(void * d, const void * s, int64_t r, int64_t n) { return repa
 static int repack3(void * d, const void * s, int64_t r, int64_t n) { return repack_jlcm3x8(d, s, r, n); }
 
 static const repack_info REPACKS[2] = {
-    {&TYPES[0], repack2, gemv_jlcm2x8_q8_0_ref, gemv_jlcm2x8_q8_0, gemm_jlcm2x8_q8_0x4},
-    {&TYPES[1], repack3, gemv_jlcm3x8_q8_0_ref, gemv_jlcm3x8_q8_0, gemm_jlcm3x8_q8_0x4},
+    {&TYPES[0], repack2, gemv_jlcm2x8_q8_0_ref, gemv_jlcm2x8_q8_0, gemm_jlcm2x8_q8_0x4_ref, gemm_jlcm2x8_q8_0x4},
+    {&TYPES[1], repack3, gemv_jlcm3x8_q8_0_ref, gemv_jlcm3x8_q8_0, gemm_jlcm3x8_q8_0x4_ref, gemm_jlcm3x8_q8_0x4},
 };
 
 static void check_repack(const repack_info * ri, int n, int trial) {
-    enum { ROWS = 16, ACT = 4 };
+    enum { ROWS = 16, ACT = 8 };      // two gemm passes of 4 activation rows
     const type_info * t = ri->t;
     const int nb = n / QK_JLCM, ny = n / 32;
     const size_t row_bytes = (size_t)nb * t->type_size;
     uint8_t * x = malloc(row_bytes * ROWS), * packed = malloc(row_bytes * ROWS);
     block_q8_0_jlcm * y = malloc(sizeof(block_q8_0_jlcm) * (size_t)(ACT * ny));
-    typedef struct { jlcm_half d[4]; int8_t qs[128]; } q8_0x4;
-    q8_0x4 * y4 = malloc(sizeof(q8_0x4) * (size_t)ny);
+    block_q8_0x4_jlcm * y4 = malloc(sizeof(block_q8_0x4_jlcm) * (size_t)(ACT / 4 * ny));
     float * want = malloc(sizeof(float) * ACT * ROWS), * got = malloc(sizeof(float) * ACT * ROWS);
     const int e0 = rand_int(-12, -2);
     for (int b = 0; b < ROWS * nb; b++) {
@@ -141,10 +141,11 @@ static void check_repack(const repack_info * ri, int n, int trial) {
         y[b].d = jlcm_fp32_to_fp16(ldexpf(1.0f, e0 + rand_int(0, 1)));
         for (int j = 0; j < 32; j++) y[b].qs[j] = (int8_t)rand_int(-127, 127);
     }
-    for (int b = 0; b < ny; b++) {
-        for (int m = 0; m < ACT; m++) {
-            y4[b].d[m] = y[m * ny + b].d;
-            for (int k = 0; k < 32; k++) y4[b].qs[32 * (k / 8) + 8 * m + k % 8] = y[m * ny + b].qs[k];
+    for (int b = 0; b < ACT / 4 * ny; b++) {
+        for (int m = 0; m < 4; m++) {
+            const block_q8_0_jlcm * src = &y[(4 * (b / ny) + m) * ny + b % ny];
+            y4[b].d[m] = src->d;
+            for (int k = 0; k < 32; k++) y4[b].qs[32 * (k / 8) + 8 * m + k % 8] = src->qs[k];
         }
     }
     CHECK(ri->repack(packed, x, ROWS, n) == 0, "%s repack n=%d: refused", t->name, n);
@@ -156,6 +157,10 @@ static void check_repack(const repack_info * ri, int n, int trial) {
     for (int r = 0; r < ROWS; r++) CHECK(got[r] == want[r], "%s gemv ref n=%d trial %d row %d: %.9g != %.9g", t->name, n, trial, r, got[r], want[r]);
     ri->gemv(n, got, 0, packed, y, 1, ROWS);
     for (int r = 0; r < ROWS; r++) CHECK(got[r] == want[r], "%s gemv n=%d trial %d row %d: %.9g != %.9g", t->name, n, trial, r, got[r], want[r]);
+    memset(got, 0, sizeof(float) * ACT * ROWS);
+    ri->gemm_ref(n, got, ROWS, packed, y4, ACT, ROWS);
+    for (int i = 0; i < ACT * ROWS; i++) CHECK(got[i] == want[i], "%s gemm ref n=%d trial %d out %d: %.9g != %.9g", t->name, n, trial, i, got[i], want[i]);
+    memset(got, 0, sizeof(float) * ACT * ROWS);
     ri->gemm(n, got, ROWS, packed, y4, ACT, ROWS);
     for (int i = 0; i < ACT * ROWS; i++) CHECK(got[i] == want[i], "%s gemm n=%d trial %d out %d: %.9g != %.9g", t->name, n, trial, i, got[i], want[i]);
     free(x); free(packed); free(y); free(y4); free(want); free(got);
