@@ -14,6 +14,9 @@ the layouts of llama.cpp's repack path, where one gemv call does all 32 rows
 eight at a time: JLCM2X8 and JLCM3X8 (csrc's gemv_jlcm2x8_q8_0 and
 gemv_jlcm3x8_q8_0) and Q4_0X8 (ggml's
 ggml_gemv_q4_0_8x8_q8_0, the layout the Q4_0 file runs in on this machine).
+Three rows with path "gemm" time the same layouts through the gemm that prompt
+processing calls, four activation rows per call (ggml's block_q8_0x4, from
+ggml_quantize_mat_q8_0_4x8): ns per 256 weights and activation row.
 
 ARM: the NEON inner loops of csrc/jlcm-arm.c and of the pinned ggml's
 arch/arm/quants.c, compiled with the aarch64 build's flags
@@ -173,7 +176,8 @@ def arm_rows(work: Path, commands: list) -> list[dict]:
 def ratios(rows: list[dict]) -> list[dict]:
     out = []
     for target in sorted({r["target"] for r in rows}):
-        cost = {r["type"]: r["cost_per_256"] for r in rows if r["target"] == target}
+        cost = {r["type"]: r["cost_per_256"] for r in rows if r["target"] == target and r.get("path") != "gemm"}
+        gemm = {r["type"]: r["cost_per_256"] for r in rows if r["target"] == target and r.get("path") == "gemm"}
         for t in ("JLCM2", "JLCM3"):
             out.append({"type": t, "target": target,
                         "vs_IQ4_NL": round(cost["IQ4_NL"] / cost[t], 3),     # > 1: faster than IQ4_NL
@@ -182,6 +186,10 @@ def ratios(rows: list[dict]) -> list[dict]:
             if f"{t}X8" in cost:
                 out.append({"type": f"{t}X8", "target": target, "vs_Q4_0X8": round(cost["Q4_0X8"] / cost[f"{t}X8"], 3),
                             "vs_own_vec_dot": round(cost[t] / cost[f"{t}X8"], 3)})
+            if f"{t}X8" in gemm:    # prompts: four activation rows per call, cost per activation row
+                out.append({"type": f"{t}X8", "path": "gemm", "target": target,
+                            "vs_Q4_0X8_gemm": round(gemm["Q4_0X8"] / gemm[f"{t}X8"], 3),
+                            "vs_own_gemv": round(cost[f"{t}X8"] / gemm[f"{t}X8"], 3)})
     return out
 
 

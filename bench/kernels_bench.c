@@ -1,6 +1,7 @@
 // vec_dot timing, JLCM beside ggml's own types, in one process and one run.
 // Built and run by bench/kernels.py against the pinned llama.cpp's static ggml, with
-// ggml's x86 flags. Prints one JSON object: ns per 256 weights, median over rounds.
+// ggml's x86 flags. Prints one JSON object: ns per 256 weights (the gemm rows: per 256 weights and
+// activation row), median over rounds.
 #include "ggml.h"
 #include "ggml-cpu.h"
 #include "jlcm.h"
@@ -14,12 +15,16 @@
 #define N_PER_ROW 4096   // a Llama-7B row; a multiple of 256 (k-quants) and of 64 (JLCM)
 #define ROWS      32     // weights stay in L2, as the rows of one thread's share do
 #define ROUNDS    301
+#define ACT_ROWS  4      // the gemm's activation rows: one block_q8_0x4 row, as ggml hands them over
 
 typedef void (*vec_dot_fn)(int, float *, size_t, const void *, size_t, const void *, size_t, int);
 typedef void (*gemv_fn)(int, float *, size_t, const void *, const void *, int, int);
 
-// ggml's AVX2 gemv for Q4_0 repacked 8 rows at a time (ggml-cpu/repack.h, C linkage)
+// ggml's AVX2 gemv and gemm for Q4_0 repacked 8 rows at a time, and its quantizer of four
+// activation rows into block_q8_0x4 (ggml-cpu/repack.h, C linkage)
 void ggml_gemv_q4_0_8x8_q8_0(int n, float * s, size_t bs, const void * vx, const void * vy, int nr, int nc);
+void ggml_gemm_q4_0_8x8_q8_0(int n, float * s, size_t bs, const void * vx, const void * vy, int nr, int nc);
+void ggml_quantize_mat_q8_0_4x8(const float * x, void * vy, int64_t k);
 
 typedef struct {
     const char * name;
@@ -28,6 +33,7 @@ typedef struct {
     void       * a;
     vec_dot_fn   dot;
     gemv_fn      gemv;           // set: one call does all ROWS rows (the repacked layouts)
+    gemv_fn      gemm;           // set: one call does all ROWS rows times ACT_ROWS activation rows
     double       ns[ROUNDS];
 } kernel;
 
@@ -110,6 +116,15 @@ static void setup_q4_0x8(kernel * k, const float * x) {
     k->gemv = ggml_gemv_q4_0_8x8_q8_0;
 }
 
+// The same weights through the repack path's gemm: four activation rows (x4: ggml's block_q8_0x4).
+static void setup_gemm(kernel * k, const kernel * gemv, const char * name, gemv_fn gemm, const void * x4) {
+    *k = *gemv;
+    k->name = name;
+    k->a = (void *)x4;
+    k->gemv = NULL;
+    k->gemm = gemm;
+}
+
 static int cmp_double(const void * a, const void * b) {
     const double x = *(const double *)a, y = *(const double *)b;
     return (x > y) - (x < y);
@@ -129,6 +144,13 @@ int main(void) {
     setup_x8(&ks[nk++], &ks[0], "JLCM2x8", 0);
     setup_x8(&ks[nk++], &ks[1], "JLCM3x8", 1);
     setup_q4_0x8(&ks[nk++], x);
+    float * x4 = random_floats(ACT_ROWS * N_PER_ROW, 3);
+    void * a4 = malloc(ggml_row_size(GGML_TYPE_Q8_0, N_PER_ROW) * ACT_ROWS);
+    ggml_quantize_mat_q8_0_4x8(x4, a4, N_PER_ROW);
+    const int nx8 = nk;
+    setup_gemm(&ks[nk++], &ks[nx8 - 3], "JLCM2x8", gemm_jlcm2x8_q8_0x4, a4);
+    setup_gemm(&ks[nk++], &ks[nx8 - 2], "JLCM3x8", gemm_jlcm3x8_q8_0x4, a4);
+    setup_gemm(&ks[nk++], &ks[nx8 - 1], "Q4_0x8", ggml_gemm_q4_0_8x8_q8_0, a4);
 
     volatile float sink = 0;
     for (int round = -20; round < ROUNDS; round++) {      // 20 warm-up rounds
@@ -136,7 +158,15 @@ int main(void) {
             kernel * k = &ks[(j + (round & 0xff)) % nk];   // rotate the order: no kernel always first
             float s, sum = 0;
             const double t0 = now_ns();
+            int act_rows = 1;
             for (int reps = 0; reps < 4; reps++) {
+                if (k->gemm) {
+                    float out[ACT_ROWS * ROWS];
+                    k->gemm(N_PER_ROW, out, ROWS, k->w, k->a, ACT_ROWS, ROWS);
+                    sum += out[reps];
+                    act_rows = ACT_ROWS;
+                    continue;
+                }
                 if (k->gemv) {
                     float out[ROWS];
                     k->gemv(N_PER_ROW, out, 0, k->w, k->a, 1, ROWS);
@@ -150,7 +180,7 @@ int main(void) {
             }
             const double t1 = now_ns();
             sink += sum;
-            if (round >= 0) k->ns[round] = (t1 - t0) / (4.0 * ROWS * N_PER_ROW / 256.0);
+            if (round >= 0) k->ns[round] = (t1 - t0) / (4.0 * act_rows * ROWS * N_PER_ROW / 256.0);
         }
     }
     printf("{\"n_per_row\": %d, \"rows\": %d, \"rounds\": %d, \"simd\": \"%s\", \"kernels\": [", N_PER_ROW, ROWS, ROUNDS,
@@ -158,7 +188,7 @@ int main(void) {
     for (int j = 0; j < nk; j++) {
         qsort(ks[j].ns, ROUNDS, sizeof(double), cmp_double);
         printf("%s{\"type\": \"%s\", \"path\": \"%s\", \"ns_per_256\": %.3f, \"ns_per_256_p10\": %.3f, \"ns_per_256_p90\": %.3f}",
-               j ? ", " : "", ks[j].name, ks[j].gemv ? "gemv" : "vec_dot", ks[j].ns[ROUNDS / 2], ks[j].ns[ROUNDS / 10], ks[j].ns[ROUNDS * 9 / 10]);
+               j ? ", " : "", ks[j].name, ks[j].gemm ? "gemm" : ks[j].gemv ? "gemv" : "vec_dot", ks[j].ns[ROUNDS / 2], ks[j].ns[ROUNDS / 10], ks[j].ns[ROUNDS * 9 / 10]);
     }
     printf("]}\n");
     (void)sink;
