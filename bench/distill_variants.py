@@ -91,6 +91,17 @@ def parse_spec(spec: str, defaults: dict) -> dict:
     return run
 
 
+def variant_parser(doc: str, runs: str, out: Path) -> argparse.ArgumentParser:
+    """The options every variant script shares: the type, its layer-wise start, the runs, the evaluation."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--type", default="JLCM2", choices=sorted(pack.TYPES))
+    p.add_argument("--calib-seqs", type=int, default=64)
+    p.add_argument("--runs", default=runs)
+    p.add_argument("--chunks", type=int, default=60)
+    p.add_argument("--out", type=Path, default=out)
+    return p
+
+
 def parse_run(spec: str) -> dict:
     return parse_spec(spec, {"lr": distill.DistillSettings.lr, "bias": None, "seqs": None, "epochs": None})
 
@@ -194,12 +205,7 @@ def plot_windows(doc: dict, out: Path) -> None:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--type", default="JLCM2", choices=sorted(pack.TYPES))
-    p.add_argument("--calib-seqs", type=int, default=64)
-    p.add_argument("--runs", default="lr=3e-3;lr=1e-3;lr=1e-2;bias=1;bias=0.1")
-    p.add_argument("--chunks", type=int, default=60)
-    p.add_argument("--out", type=Path, default=RESULTS / "distill_variants.json")
+    p = variant_parser(__doc__, "lr=3e-3;lr=1e-3;lr=1e-2;bias=1;bias=0.1", RESULTS / "distill_variants.json")
     args = p.parse_args()
     torch.set_num_threads(2)
 

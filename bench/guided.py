@@ -24,7 +24,6 @@ Results: bench/results/guided.json.
 """
 from __future__ import annotations
 
-import argparse
 import shlex
 import sys
 import time
@@ -36,29 +35,18 @@ from jlcm_gguf import assets, distill, evaluate, pack, quantize, scoreboard
 from jlcm_gguf.learn import Settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import distill_variants as dv  # noqa: E402  (the variant scripts' options and run specs)
 import quantizer as qbench  # noqa: E402  (the JLCM rows' evaluation, reused)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def parse_run(spec: str) -> dict:
-    run = {"mix": 0.5}
-    for item in filter(None, spec.split(",")):
-        key, _, value = item.partition("=")
-        if key not in run:
-            raise SystemExit(f"--runs: unknown key {key!r} in {spec!r} (known: mix)")
-        run[key] = float(value)
-    return run
+    return dv.parse_spec(spec, {"mix": 0.5})
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--type", default="JLCM2", choices=sorted(pack.TYPES))
-    p.add_argument("--calib-seqs", type=int, default=64)
-    p.add_argument("--runs", default="mix=0.5;mix=1")
-    p.add_argument("--chunks", type=int, default=60)
-    p.add_argument("--out", type=Path, default=RESULTS / "guided.json")
-    args = p.parse_args()
+    args = dv.variant_parser(__doc__, "mix=0.5;mix=1", RESULTS / "guided.json").parse_args()
     torch.set_num_threads(2)
 
     hf = assets.hf_model_dir()

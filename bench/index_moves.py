@@ -40,7 +40,6 @@ Results: bench/results/index_moves.json.
 """
 from __future__ import annotations
 
-import argparse
 import shlex
 import sys
 import time
@@ -248,13 +247,8 @@ def probe(state: dict, rhos=(0.5, 512, 2048, 8192, 32768), frac: float = 0.001, 
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--type", default="JLCM2", choices=sorted(pack.TYPES))
-    p.add_argument("--calib-seqs", type=int, default=64)
-    p.add_argument("--runs", default="moves=0;moves=4,rho=8192;moves=4,rho=32768")
+    p = dv.variant_parser(__doc__, "moves=0;moves=4,rho=8192;moves=4,rho=32768", RESULTS / "index_moves.json")
     p.add_argument("--probe", action="store_true")
-    p.add_argument("--chunks", type=int, default=60)
-    p.add_argument("--out", type=Path, default=RESULTS / "index_moves.json")
     args = p.parse_args()
     torch.set_num_threads(2)
 
