@@ -49,75 +49,56 @@ static inline int8x16_t codebook_table3(const block_jlcm3 * b) {
     return vreinterpretq_s8_u64(vdupq_lane_u64(w, 0));
 }
 
-// Index bytes of weights 16k .. 16k+15, k = 0..3. q >> 4 keeps field 3 above field 2:
-// the table repeats every 4 (8) bytes, so tbl reads field 2's entry (or, once high_indices
-// sets bit 2, the entry of the 3-bit index).
-static inline void low_indices(const uint8_t * qs, uint8x16_t i[4]) {
+// JLCM2's int8 weights 16k .. 16k+15, k = 0..3, from its table t (entry j % 4 in byte j). A second
+// table holds entry j / 4 in byte j, so a byte's low nibble (fields 0 and 1) picks field 0's entry
+// in t and field 1's in the other, and its high nibble fields 2 and 3: one and and one shift give
+// the 64 indices, where four fields took five ops (llvm-mca, cycles per 256 weights on the N1
+// model / the A55's: 39.2 / 206 before).
+static inline void jlcm2_weights(int8x16_t t, const uint8_t * qs, int8x16_t w[4]) {
+    static const uint8_t spread[16] = {0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3};
+    const int8x16_t t1 = vqtbl1q_s8(t, vld1q_u8(spread));
     const uint8x16_t q  = vld1q_u8(qs);
-    const uint8x16_t m3 = vdupq_n_u8(3);
-    i[0] = vandq_u8(q, m3);
-    i[1] = vandq_u8(vshrq_n_u8(q, 2), m3);
-    i[2] = vshrq_n_u8(q, 4);
-    i[3] = vshrq_n_u8(q, 6);
+    const uint8x16_t lo = vandq_u8(q, vdupq_n_u8(15));
+    const uint8x16_t hi = vshrq_n_u8(q, 4);
+    w[0] = vqtbl1q_s8(t, lo);
+    w[1] = vqtbl1q_s8(t1, lo);
+    w[2] = vqtbl1q_s8(t, hi);
+    w[3] = vqtbl1q_s8(t1, hi);
 }
 
-// High index bits: bit i/8 of qh[i%8] into bit 2 of byte i. Byte j of the doubled qh is
-// qh[j%8]; weights 16k..16k+15 take bit 2k (lanes 0-7) or 2k+1 (lanes 8-15). Two ways, two
-// groups of 16 each, because either alone overloads one side of a Cortex-A76 (Neoverse N1 model):
-// - weights 16-47: a bit test makes the lane all ones where the bit is set, and a bit select
-//   copies its bit 2 (two vector ops per 16 weights; low_indices may leave bit 2 set in i[2]);
-// - weights 0-15 and 48-63, whose index bytes have bit 2 clear: qh shifted and masked in a
-//   general register holds bit j of every qh byte at bit 2 of that byte (one and with a shifted
-//   operand); two such words go to a vector register by two fmov, which run on the single
-//   multi-cycle integer pipe, and one orr merges them.
-// All eight words in general registers would leave that pipe the bound (llvm-mca, cycles per
-// 256 weights on the N1 model / the in-order A55's: all eight 59 / 306, all in vector ops 58 / 248,
-// these two groups of each kind 52 / 258, one group in vector ops 51 / 296).
-static inline uint64x2_t u64x2_from_gpr(uint64_t lo, uint64_t hi) {
-#if defined(__GNUC__)
-    uint64x2_t v;   // gcc would write the high half with ins, which also takes a vector slot
-    __asm__("fmov %d0, %1\n\tfmov %0.d[1], %2" : "=&w"(v) : "r"(lo), "r"(hi));
-    return v;
-#else
-    return vcombine_u64(vcreate_u64(lo), vcreate_u64(hi));
-#endif
-}
-
-static inline uint64_t high_word(uint64_t raw, uint64_t m, int j) {
-    uint64_t w = (j < 2 ? raw << (2 - j) : raw >> (j - 2)) & m;
-    JLCM_IN_GPR(w);
-    return w;
-}
-
-static inline void high_indices(const block_jlcm3 * b, uint8x16_t i[4]) {
-    static const uint8_t bits[4][16] = {
-        {0x01, 0x01, 0x01, 0x01, 0x01, 0x01, 0x01, 0x01, 0x02, 0x02, 0x02, 0x02, 0x02, 0x02, 0x02, 0x02},
-        {0x04, 0x04, 0x04, 0x04, 0x04, 0x04, 0x04, 0x04, 0x08, 0x08, 0x08, 0x08, 0x08, 0x08, 0x08, 0x08},
-        {0x10, 0x10, 0x10, 0x10, 0x10, 0x10, 0x10, 0x10, 0x20, 0x20, 0x20, 0x20, 0x20, 0x20, 0x20, 0x20},
-        {0x40, 0x40, 0x40, 0x40, 0x40, 0x40, 0x40, 0x40, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80},
+// JLCM3's index bytes of weights 16k .. 16k+15. Indices 0..31 are the nibbles of qs: bits 0-2 the
+// index, bit 3 the high bit of index 32 + the nibble's number, which tbl ignores because the table
+// repeats every 8 bytes (indices stay below 16). Indices 32..63 take their low bits from qh, field
+// k of the doubled qh moved down by a per-lane shift, and sli puts the high bit above them (sli
+// keeps only the field's two low bits, so no mask). Nine vector ops for 64 indices, where 2-bit
+// fields in qs and a high-bit plane in qh took about twelve (llvm-mca, cycles per 256 weights on
+// the N1 model / the A55's: 52 / 258 before, 47 / 210 now); the block layout was chosen for this.
+static inline void jlcm3_indices(const block_jlcm3 * b, uint8x16_t i[4]) {
+    static const int8_t shifts[2][16] = {
+        {0, 0, 0, 0, 0, 0, 0, 0, -2, -2, -2, -2, -2, -2, -2, -2},
+        {-4, -4, -4, -4, -4, -4, -4, -4, -6, -6, -6, -6, -6, -6, -6, -6},
     };
-    uint64_t raw, m = 0x0404040404040404ull;
+    const uint8x16_t q = vld1q_u8(b->qs);
+    uint64_t raw;
     memcpy(&raw, b->qh, 8);
-    JLCM_IN_GPR(raw);
-    JLCM_IN_GPR(m);     // a register mask: gcc then folds each shift into the and
     const uint8x16_t h = vreinterpretq_u8_u64(vdupq_n_u64(raw));
-    for (int k = 0; k < 4; k++) {
-        if (k == 1 || k == 2) {
-            i[k] = vbslq_u8(vdupq_n_u8(4), vtstq_u8(h, vld1q_u8(bits[k])), i[k]);
-        } else {
-            const uint64x2_t w = u64x2_from_gpr(high_word(raw, m, 2 * k), high_word(raw, m, 2 * k + 1));
-            i[k] = vorrq_u8(i[k], vreinterpretq_u8_u64(w));
-        }
-    }
+    i[0] = vandq_u8(q, vdupq_n_u8(15));
+    i[1] = vshrq_n_u8(q, 4);
+    i[2] = vsliq_n_u8(vshlq_u8(h, vld1q_s8(shifts[0])), vshrq_n_u8(i[0], 3), 2);
+    i[3] = vsliq_n_u8(vshlq_u8(h, vld1q_s8(shifts[1])), vshrq_n_u8(q, 7), 2);
 }
 
-// The block's int8 weights (its table t looked up by the index bytes i) . activations:
-// p[h] holds 4 partial sums of the h-th 32 weights.
-static inline void block_dots(int8x16_t t, const uint8x16_t i[4], const block_q8_0_jlcm * y, int32x4_t p[2]) {
-    p[0] = dot16(vdupq_n_s32(0), vqtbl1q_s8(t, i[0]), vld1q_s8(y[0].qs));
-    p[0] = dot16(p[0], vqtbl1q_s8(t, i[1]), vld1q_s8(y[0].qs + 16));
-    p[1] = dot16(vdupq_n_s32(0), vqtbl1q_s8(t, i[2]), vld1q_s8(y[1].qs));
-    p[1] = dot16(p[1], vqtbl1q_s8(t, i[3]), vld1q_s8(y[1].qs + 16));
+// A block's int8 weights w (16 each) . activations: p[h] holds 4 partial sums of the h-th 32 weights.
+static inline void block_dots(const int8x16_t w[4], const block_q8_0_jlcm * y, int32x4_t p[2]) {
+    p[0] = dot16(vdupq_n_s32(0), w[0], vld1q_s8(y[0].qs));
+    p[0] = dot16(p[0], w[1], vld1q_s8(y[0].qs + 16));
+    p[1] = dot16(vdupq_n_s32(0), w[2], vld1q_s8(y[1].qs));
+    p[1] = dot16(p[1], w[3], vld1q_s8(y[1].qs + 16));
+}
+
+// JLCM3's weights: its table t looked up by the index bytes i.
+static inline void jlcm3_weights(int8x16_t t, const uint8x16_t i[4], int8x16_t w[4]) {
+    for (int k = 0; k < 4; k++) w[k] = vqtbl1q_s8(t, i[k]);
 }
 
 // The bits of float(h) as an integer, so that the scales below are put together in general
@@ -166,21 +147,21 @@ void vec_dot_jlcm2_q8_0_simd(int n, float * s, size_t bs, const void * vx, size_
     const int nb = n / QK_JLCM;
     float32x4_t acc = vdupq_n_f32(0.0f);
     int32x4_t pa[2], pb[2];
-    uint8x16_t i[4];
+    int8x16_t w[4];
     float tail = 0.0f;
     const block_jlcm2 * const pairs_end = x + (nb & ~1);
     for (; x < pairs_end; x += 2, y += 4) {
         int8x16_t ta, tb;
         codebook_tables2(&x[0], &x[1], &ta, &tb);
-        low_indices(x[0].qs, i);
-        block_dots(ta, i, &y[0], pa);
-        low_indices(x[1].qs, i);
-        block_dots(tb, i, &y[2], pb);
+        jlcm2_weights(ta, x[0].qs, w);
+        block_dots(w, &y[0], pa);
+        jlcm2_weights(tb, x[1].qs, w);
+        block_dots(w, &y[2], pb);
         acc = pair_into(acc, pa, pb, x[0].d, x[1].d, y);
     }
     if (nb & 1) {
-        low_indices(x->qs, i);
-        block_dots(vreinterpretq_s8_u32(vdupq_n_u32(jlcm2_table_word(x->cb))), i, y, pa);
+        jlcm2_weights(vreinterpretq_s8_u32(vdupq_n_u32(jlcm2_table_word(x->cb))), x->qs, w);
+        block_dots(w, y, pa);
         tail = block_sum(pa, x->d, y);
     }
     *s = vaddvq_f32(acc) + tail;
@@ -194,21 +175,22 @@ void vec_dot_jlcm3_q8_0_simd(int n, float * s, size_t bs, const void * vx, size_
     float32x4_t acc = vdupq_n_f32(0.0f);
     int32x4_t pa[2], pb[2];
     uint8x16_t i[4];
+    int8x16_t w[4];
     float tail = 0.0f;
     const block_jlcm3 * const pairs_end = x + (nb & ~1);
     for (; x < pairs_end; x += 2, y += 4) {
-        low_indices(x[0].qs, i);
-        high_indices(&x[0], i);
-        block_dots(codebook_table3(&x[0]), i, &y[0], pa);
-        low_indices(x[1].qs, i);
-        high_indices(&x[1], i);
-        block_dots(codebook_table3(&x[1]), i, &y[2], pb);
+        jlcm3_indices(&x[0], i);
+        jlcm3_weights(codebook_table3(&x[0]), i, w);
+        block_dots(w, &y[0], pa);
+        jlcm3_indices(&x[1], i);
+        jlcm3_weights(codebook_table3(&x[1]), i, w);
+        block_dots(w, &y[2], pb);
         acc = pair_into(acc, pa, pb, x[0].d, x[1].d, y);
     }
     if (nb & 1) {
-        low_indices(x->qs, i);
-        high_indices(x, i);
-        block_dots(codebook_table3(x), i, y, pa);
+        jlcm3_indices(x, i);
+        jlcm3_weights(codebook_table3(x), i, w);
+        block_dots(w, y, pa);
         tail = block_sum(pa, x->d, y);
     }
     *s = vaddvq_f32(acc) + tail;

@@ -30,8 +30,12 @@ static inline int jlcm2_index(const block_jlcm2 * b, int i) {
     return (b->qs[i % 16] >> (2 * (i / 16))) & 3;
 }
 
+// Indices 0..31: nibble i of qs (bits 0-2; qs[i % 16], low nibble for i < 16). Index 32 + j: low
+// bits from qh's 2-bit field j / 8 of qh[j % 8], high bit the fourth bit of nibble j.
 static inline int jlcm3_index(const block_jlcm3 * b, int i) {
-    return ((b->qs[i % 16] >> (2 * (i / 16))) & 3) | (((b->qh[i % 8] >> (i / 8)) & 1) << 2);
+    if (i < 32) return (b->qs[i % 16] >> (4 * (i / 16))) & 7;
+    const int j = i - 32;
+    return ((b->qh[j % 8] >> (2 * (j / 8))) & 3) | (((b->qs[j % 16] >> (4 * (j / 16) + 3)) & 1) << 2);
 }
 
 static inline int codebook_entry(const uint8_t * cb, int k) {
@@ -335,8 +339,15 @@ static void pack_block(int bits, float d, const int8_t * q, const uint8_t * idx,
     uint8_t * qs = cb + K / 2;
     memset(qs, 0, QK_JLCM / 4 + (bits == 3 ? QK_JLCM / 8 : 0));
     for (int i = 0; i < QK_JLCM; i++) {
-        qs[i % 16] |= (uint8_t)((idx[i] & 3) << (2 * (i / 16)));
-        if (bits == 3) qs[16 + i % 8] |= (uint8_t)(((idx[i] >> 2) & 1) << (i / 8));
+        if (bits == 2) {
+            qs[i % 16] |= (uint8_t)((idx[i] & 3) << (2 * (i / 16)));
+        } else if (i < 32) {
+            qs[i % 16] |= (uint8_t)((idx[i] & 7) << (4 * (i / 16)));
+        } else {
+            const int j = i - 32;
+            qs[16 + j % 8] |= (uint8_t)((idx[i] & 3) << (2 * (j / 8)));
+            qs[j % 16] |= (uint8_t)(((idx[i] >> 2) & 1) << (4 * (j / 16) + 3));
+        }
     }
 }
 

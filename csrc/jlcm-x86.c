@@ -43,27 +43,22 @@ static inline void jlcm2_indices(const uint8_t * qs, __m256i * i0, __m256i * i1)
     *i1 = _mm256_and_si256(_mm256_srli_epi16(q, 4), m15);
 }
 
-// JLCM3: 2-bit fields of qs -> one byte per weight: (weights 0..31, weights 32..63).
-static inline void low_indices(const uint8_t * qs, __m256i * i0, __m256i * i1) {
-    const __m256i q  = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)qs));
-    const __m256i m3 = _mm256_set1_epi8(3);
-    *i0 = _mm256_and_si256(_mm256_srlv_epi64(q, _mm256_set_epi64x(2, 2, 0, 0)), m3);
-    *i1 = _mm256_and_si256(_mm256_srlv_epi64(q, _mm256_set_epi64x(6, 6, 4, 4)), m3);
-}
-
-// High index bits: bit i/8 of qh[i%8], moved to bit 2 of byte i. Quadword j of the vector
-// holds weights 8j..8j+7, whose bits are bit j (first half) and bit 4+j (second half) of each
-// qh byte: shifting the quadword right by j (of qh << 2) or by 2+j brings them to bit 2 without
-// crossing into the next byte.
-static inline void high_indices(const uint8_t * qh, __m256i * i0, __m256i * i1) {
+// JLCM3's index bytes: (indices 0..31, indices 32..63). Lane l of v holds nibbles 16l..16l+15 of qs
+// in the low halves of its bytes (bits 0-2: the index; bit 3: the high bit of index 32 + the nibble's
+// number), and pshufb reads only bits 0-3 and 7 of an index byte, so clearing bit 7 gives indices
+// 0..31 with bit 3 ignored (the table repeats every 8 bytes). Quadword k of qh >> 2k holds field k,
+// the low bits of indices 32 + 8k..; v's bit 3, moved to bit 2, is their high bit. Seven vector ops
+// for 64 indices, where 2-bit fields in qs and a high-bit plane in qh took eleven: the block layout
+// was chosen for this (docs/FORMAT.md).
+static inline void jlcm3_indices(const block_jlcm3 * b, __m256i * i0, __m256i * i1) {
+    const __m256i q = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)b->qs));
+    const __m256i v = _mm256_srlv_epi64(q, _mm256_set_epi64x(4, 4, 0, 0));
     int64_t raw;
-    memcpy(&raw, qh, 8);
-    const __m256i h  = _mm256_set1_epi64x(raw);
-    const __m256i four = _mm256_set1_epi8(4);
-    const __m256i h0 = _mm256_srlv_epi64(_mm256_slli_epi64(h, 2), _mm256_set_epi64x(3, 2, 1, 0));
-    const __m256i h1 = _mm256_srlv_epi64(h, _mm256_set_epi64x(5, 4, 3, 2));
-    *i0 = _mm256_or_si256(*i0, _mm256_and_si256(h0, four));
-    *i1 = _mm256_or_si256(*i1, _mm256_and_si256(h1, four));
+    memcpy(&raw, b->qh, 8);
+    const __m256i h = _mm256_srlv_epi64(_mm256_set1_epi64x(raw), _mm256_set_epi64x(6, 4, 2, 0));
+    *i0 = _mm256_and_si256(v, _mm256_set1_epi8(15));
+    *i1 = _mm256_or_si256(_mm256_and_si256(h, _mm256_set1_epi8(3)),
+                          _mm256_and_si256(_mm256_srli_epi16(v, 1), _mm256_set1_epi8(4)));
 }
 
 // Weights . activations, 32 of each -> 8 int32 partial sums. The table gives u = weight + 8 in
@@ -132,8 +127,7 @@ void vec_dot_jlcm2_q8_0_simd(int n, float * s, size_t bs, const void * vx, size_
 // One JLCM3 block into acc, t its codebook table (nibbles of jlcm3_bytes, repeated).
 static inline void jlcm3_block_into(__m256 acc[2], __m256i t, const block_jlcm3 * x, const block_q8_0_jlcm * y) {
     __m256i i0, i1;
-    low_indices(x->qs, &i0, &i1);
-    high_indices(x->qh, &i0, &i1);
+    jlcm3_indices(x, &i0, &i1);
     accumulate(acc, _mm256_shuffle_epi8(t, i0), _mm256_shuffle_epi8(t, i1), half_broadcast(x->d), y);
 }
 

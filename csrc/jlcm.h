@@ -29,8 +29,9 @@ typedef struct {
 typedef struct {
     jlcm_half d;
     uint8_t   cb[4];             // 8 entries, nibble k holds entry k + 8
-    uint8_t   qs[QK_JLCM/4];     // low 2 bits of the 3-bit indices, as in JLCM2
-    uint8_t   qh[QK_JLCM/8];     // high bit of index i: bit i/8 of qh[i%8]
+    uint8_t   qs[QK_JLCM/4];     // nibble i (qs[i%16] >> 4*(i/16)), i < 32: index i in bits 0-2,
+                                 //   the high bit of index 32 + i in bit 3
+    uint8_t   qh[QK_JLCM/8];     // low 2 bits of index 32 + j at bits 2*(j/8) of qh[j%8]
 } block_jlcm3;
 
 typedef struct {

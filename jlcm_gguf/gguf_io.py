@@ -42,6 +42,21 @@ def open_reader(path: Path):
 
     register_types()
     try:
-        return GGUFReader(path, "r")
+        reader = GGUFReader(path, "r")
     except (ValueError, OSError, KeyError) as e:
         raise GGUFFormatError(f"{path}: not a readable GGUF file ({e})") from e
+    check_format_version(path, reader)
+    return reader
+
+
+def check_format_version(path: Path, reader) -> None:
+    """Refuse a file whose JLCM3 tensors use the version-1 bit layout: its bytes would decode to
+    other weights without any error."""
+    field = reader.fields.get("jlcm.format_version")
+    if field is None:
+        return
+    version = int(field.parts[field.data[0]][0])
+    if version < 2 and any(t.tensor_type.name == pack.JLCM3.name for t in reader.tensors):
+        raise GGUFFormatError(f"{path}: JLCM3 tensors in the format-version-{version} bit layout, which "
+                              f"this jlcm-gguf no longer reads (version {pack.FORMAT_VERSION}); "
+                              "convert the model again with `jlcm-gguf convert`")

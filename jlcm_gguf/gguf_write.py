@@ -33,7 +33,7 @@ LINEAR_CLASSES = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_
 
 # llama_ftype values for files whose linears are mostly JLCM (high, like the tensor type ids)
 FILE_TYPES = {"JLCM2": 200, "JLCM3": 201}
-FORMAT_VERSION = 1
+FORMAT_VERSION = pack.FORMAT_VERSION
 
 
 def gguf_name(hf_name: str) -> str:

@@ -5,15 +5,17 @@ A block holds 64 consecutive weights of one row and decodes on its own:
     JLCM2 (20 bytes, 2.5 bpw)          JLCM3 (30 bytes, 3.75 bpw)
     ggml_half d                        ggml_half d
     uint8_t   cb[2]   4 x int4         uint8_t   cb[4]   8 x int4
-    uint8_t   qs[16]  64 x 2-bit       uint8_t   qs[16]  64 x low 2 bits
-                                       uint8_t   qh[8]   64 x high bit
+    uint8_t   qs[16]  64 x 2-bit       uint8_t   qs[16]  32 x (3-bit index, 1 high bit)
+                                       uint8_t   qh[8]   32 x low 2 bits
 
     w[i] = d * (nibble(cb, idx[i]) - 8)
 
 Codebook entry k is nibble k of cb (low nibble first), offset by 8, so entries
-span [-8, 7]: one pshufb/tbl lookup turns indices into int8 weights. Index i of
-a block lives in qs[i % 16] at bits 2*(i // 16); for JLCM3 its high bit is bit
-(i // 8) of qh[i % 8]. docs/FORMAT.md has the arithmetic and the alternatives.
+span [-8, 7]: one pshufb/tbl lookup turns indices into int8 weights. JLCM2's
+index i lives in qs[i % 16] at bits 2*(i // 16). JLCM3's indices 0..31 are the
+nibbles of qs (nibble i: qs[i % 16] >> 4*(i // 16)), in bits 0-2; bit 3 of nibble
+j is the high bit of index 32 + j, whose low 2 bits are field j // 8 of qh[j % 8].
+docs/FORMAT.md has the arithmetic, the alternatives, and why JLCM3's bits lie so.
 """
 from __future__ import annotations
 
@@ -47,6 +49,10 @@ class JLCMType:
         return 8 * self.type_size / QK
 
 
+# The files' jlcm.format_version. 2: JLCM3's indices moved to their present bits (the nibbles of
+# qs and 2-bit fields in qh, for faster kernels); version-1 files hold JLCM3 in the old layout.
+FORMAT_VERSION = 2
+
 JLCM2 = JLCMType("JLCM2", 200, 2)
 JLCM3 = JLCMType("JLCM3", 201, 3)
 TYPES = {t.name: t for t in (JLCM2, JLCM3)}
@@ -68,13 +74,24 @@ def pack(qtype: JLCMType, d: np.ndarray, codebook: np.ndarray, idx: np.ndarray) 
     nib = (codebook + 8).astype(np.uint8)
     out[:, 2:2 + qtype.n_codes // 2] = nib[:, 0::2] | (nib[:, 1::2] << 4)
     q = idx.astype(np.uint8)
-    lo = q & 3
     o = 2 + qtype.n_codes // 2
-    out[:, o:o + 16] = lo[:, 0:16] | (lo[:, 16:32] << 2) | (lo[:, 32:48] << 4) | (lo[:, 48:64] << 6)
-    if qtype.bits == 3:
-        hi = (q >> 2) & 1
-        out[:, o + 16:o + 24] = np.bitwise_or.reduce(hi.reshape(n, 8, 8) << np.arange(8, dtype=np.uint8)[None, :, None], axis=1)
+    if qtype.bits == 2:
+        out[:, o:o + 16] = _fields2(q)
+    else:
+        nib = q[:, :32] | ((q[:, 32:] >> 2) << 3)                   # nibble j: index j, high bit of 32 + j
+        out[:, o:o + 16] = nib[:, :16] | (nib[:, 16:] << 4)
+        out[:, o + 16:o + 24] = _fields2(q[:, 32:] & 3)
     return out
+
+
+def _fields2(q: np.ndarray) -> np.ndarray:
+    """(n, 4k) 2-bit values -> (n, k) bytes, value i at bits 2*(i // k) of byte i % k."""
+    k = q.shape[1] // 4
+    return q[:, :k] | (q[:, k:2 * k] << 2) | (q[:, 2 * k:3 * k] << 4) | (q[:, 3 * k:] << 6)
+
+
+def _unfields2(b: np.ndarray) -> np.ndarray:
+    return np.concatenate([(b >> s) & 3 for s in (0, 2, 4, 6)], axis=1)
 
 
 def unpack(qtype: JLCMType, blocks: np.ndarray):
@@ -88,11 +105,11 @@ def unpack(qtype: JLCMType, blocks: np.ndarray):
     codebook[:, 1::2] = (c >> 4).astype(np.int8) - 8
     o = 2 + qtype.n_codes // 2
     qs = blocks[:, o:o + 16]
-    idx = np.concatenate([(qs >> s) & 3 for s in (0, 2, 4, 6)], axis=1)
-    if qtype.bits == 3:
-        qh = blocks[:, o + 16:o + 24]
-        hi = (qh[:, None, :] >> np.arange(8, dtype=np.uint8)[None, :, None]) & 1   # (n, bit m, byte j)
-        idx = idx | (hi.reshape(n, 64) << 2)
+    if qtype.bits == 2:
+        idx = _unfields2(qs)
+    else:
+        nib = np.concatenate([qs & 15, qs >> 4], axis=1)
+        idx = np.concatenate([nib & 7, _unfields2(blocks[:, o + 16:o + 24]) | ((nib >> 3) << 2)], axis=1)
     return d, codebook, idx.astype(np.uint8)
 
 

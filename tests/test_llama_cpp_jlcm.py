@@ -4,6 +4,7 @@ import json
 import platform
 import re
 import socket
+import struct
 import subprocess
 import time
 import urllib.request
@@ -253,3 +254,16 @@ def test_stock_llama_cpp_refuses_cleanly(converted):
     r = run(stock.command("llama-completion") + ["-m", str(converted), "-p", PROMPT, "-n", "4", "-no-cnv"])
     assert r.returncode > 0, r.returncode            # an error exit, not a signal
     assert re.search(r"tensor '[\w.]+' has invalid ggml type 20[01]", r.stderr), r.stderr[-2000:]
+
+
+def test_old_jlcm3_layout_is_refused(build, jlcm3_model, tmp_path):
+    """A file whose JLCM3 tensors are in format version 1's bit layout would run other weights without
+    any error: the patched loader stops with a message instead."""
+    key = b"jlcm.format_version" + struct.pack("<II", 4, 2)      # name, GGUF_TYPE_UINT32, value
+    data = jlcm3_model.read_bytes()
+    assert data.count(key) == 1
+    old = tmp_path / "v1.gguf"
+    old.write_bytes(data.replace(key, key[:-4] + struct.pack("<I", 1)))
+    r = run(build.command("llama-completion") + ["-m", str(old), "-p", PROMPT, "-n", "1", "-no-cnv"], timeout=300)
+    assert r.returncode > 0, r.returncode
+    assert "format-version-1 bit layout" in r.stderr, r.stderr[-2000:]
