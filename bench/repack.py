@@ -33,8 +33,8 @@ TYPES = ("Q4_0", "JLCM2", "JLCM3")
 
 def make_files(runner: scoreboard.Runner, f16: Path, work: Path) -> dict[str, Path]:
     files = {}
-    for t in TYPES:
-        out = work / f"{f16.stem}-{t}-embd-q8_0.gguf"
+    for t in TYPES:   # the digest covers jlcm-ref.c, llama-quantize's JLCM quantizer and block layout
+        out = work / f"{f16.stem}-{t}-embd-q8_0-{scoreboard.source_digest()}.gguf"
         if not out.exists():
             tmp = cache.atomic_path(out)
             runner.run("llama-quantize", ["--token-embedding-type", "q8_0", f16, tmp, t, 2])
