@@ -96,11 +96,16 @@ static inline void accumulate(__m256 acc[2], __m256i w0, __m256i w1, __m256 d, c
     acc[1] = _mm256_fmadd_ps(s1, _mm256_cvtepi32_ps(dot32(w1, y[1].qs)), acc[1]);
 }
 
+// One block into acc: its table t looked up by its index bytes (weights 0..31, 32..63), scale d.
+static inline void block_into(__m256 acc[2], __m256i t, __m256i i0, __m256i i1, jlcm_half d, const block_q8_0_jlcm * y) {
+    accumulate(acc, _mm256_shuffle_epi8(t, i0), _mm256_shuffle_epi8(t, i1), half_broadcast(d), y);
+}
+
 // One JLCM2 block into acc, t its lane tables (jlcm2_lane_tables).
 static inline void jlcm2_block_into(__m256 acc[2], __m256i t, const block_jlcm2 * x, const block_q8_0_jlcm * y) {
     __m256i i0, i1;
     jlcm2_indices(x->qs, &i0, &i1);
-    accumulate(acc, _mm256_shuffle_epi8(t, i0), _mm256_shuffle_epi8(t, i1), half_broadcast(x->d), y);
+    block_into(acc, t, i0, i1, x->d, y);
 }
 
 void vec_dot_jlcm2_q8_0_simd(int n, float * s, size_t bs, const void * vx, size_t bx, const void * vy, size_t by, int nrc) {
@@ -124,20 +129,16 @@ void vec_dot_jlcm2_q8_0_simd(int n, float * s, size_t bs, const void * vx, size_
     *s = hsum8(_mm256_add_ps(acc[0], acc[1]));
 }
 
-// One JLCM3 block into acc, t its codebook table (nibbles of jlcm3_bytes, repeated).
-static inline void jlcm3_block_into(__m256 acc[2], __m256i t, const block_jlcm3 * x, const block_q8_0_jlcm * y) {
-    __m256i i0, i1;
-    jlcm3_indices(x, &i0, &i1);
-    accumulate(acc, _mm256_shuffle_epi8(t, i0), _mm256_shuffle_epi8(t, i1), half_broadcast(x->d), y);
-}
 
 void vec_dot_jlcm3_q8_0_simd(int n, float * s, size_t bs, const void * vx, size_t bx, const void * vy, size_t by, int nrc) {
     (void)bs; (void)bx; (void)by; (void)nrc;
     const block_jlcm3 * x = (const block_jlcm3 *)vx;
     const block_q8_0_jlcm * y = (const block_q8_0_jlcm *)vy;
     __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
-    for (int b = 0; b < n / QK_JLCM; b++) {
-        jlcm3_block_into(acc, broadcast64(jlcm_nibbles(jlcm3_bytes(x[b].cb))), &x[b], &y[2 * b]);
+    for (int b = 0; b < n / QK_JLCM; b++) {    // the table: nibbles of jlcm3_bytes, repeated
+        __m256i i0, i1;
+        jlcm3_indices(&x[b], &i0, &i1);
+        block_into(acc, broadcast64(jlcm_nibbles(jlcm3_bytes(x[b].cb))), i0, i1, x[b].d, &y[2 * b]);
     }
     *s = hsum8(_mm256_add_ps(acc[0], acc[1]));
 }

@@ -78,8 +78,8 @@ def pack(qtype: JLCMType, d: np.ndarray, codebook: np.ndarray, idx: np.ndarray) 
     if qtype.bits == 2:
         out[:, o:o + 16] = _fields2(q)
     else:
-        nib = q[:, :32] | ((q[:, 32:] >> 2) << 3)                   # nibble j: index j, high bit of 32 + j
-        out[:, o:o + 16] = nib[:, :16] | (nib[:, 16:] << 4)
+        nibbles = q[:, :32] | ((q[:, 32:] >> 2) << 3)               # nibble j: index j, high bit of 32 + j
+        out[:, o:o + 16] = nibbles[:, :16] | (nibbles[:, 16:] << 4)
         out[:, o + 16:o + 24] = _fields2(q[:, 32:] & 3)
     return out
 
