@@ -106,9 +106,45 @@ def convert_jlcm2(model: Path, out: Path, calib_tokens: int, device: str, comman
         stats["layers"], stats["layer_stage_seconds"] = layers, seconds
         stats["seconds_per_layer"] = round(seconds / layers, 2)
     stats["device"] = device
+    stats["log"] = err
     if gpu := re.search(r"peak GPU memory ([0-9.]+) GiB", err):
         stats["peak_gpu_gib"] = float(gpu.group(1))
     return stats
+
+
+def layer_log(err: str) -> str:
+    """The conversion's output with tqdm's redraws reduced to one line per finished layer."""
+    lines, last = [], None
+    for line in err.split("\n"):     # not splitlines(), which also splits at tqdm's \r
+        states = line.split("\r")
+        for st in states[:-1]:
+            n = re.search(r"quantizing:.*?\| (\d+)/\d+ \[", st)
+            if n and n.group(1) != last:
+                lines.append(st.strip())
+                last = n.group(1)
+        lines.append(states[-1].strip())
+    return "\n".join(x for x in lines if x) + "\n"
+
+
+def record_conversion(args, row: dict, commands: list[str], log: str) -> int:
+    """--convert-only: the conversion's record goes under `<device>_convert` in the results, beside the
+    rows of the last full run (which it does not replace), and its log beside them."""
+    import torch
+    rec = {"command": commands[-1], "machine": scoreboard.machine_info(), "date": time.strftime("%Y-%m-%d"),
+           "threads": torch.get_num_threads(), **row["convert"],
+           **{k: row[k] for k in ("file_bytes", "bpw_file", "bpw_linear", "linear_types", "token_embd", "output")
+              if k in row}, "file_gib": round(row["file_bytes"] / GIB, 4)}
+    if args.device == "cuda":
+        rec["machine"]["gpu"] = torch.cuda.get_device_name(0)
+    logfile = args.out.with_name(f"{args.out.stem}-{args.device}.log")
+    logfile.write_text(layer_log(log))
+    rec["log"] = str(logfile.relative_to(RESULTS.parent.parent)) if logfile.is_relative_to(RESULTS.parent.parent) \
+        else str(logfile)
+    doc = json.loads(args.out.read_text()) if args.out.exists() else {}
+    doc[f"{args.device}_convert"] = rec
+    cache.write_json(args.out, doc)
+    print(json.dumps({k: v for k, v in rec.items() if k != "machine"}, indent=1))
+    return 0
 
 
 def main() -> int:
@@ -137,8 +173,11 @@ def main() -> int:
     if args.jlcm_from == "convert":
         jlcm = args.work / f"llama7b-JLCM2-{args.device}.gguf"
         conv = convert_jlcm2(model, jlcm, args.calib_tokens, args.device, commands)
+        log = conv.pop("log")
         rows.append({"name": "JLCM2", "file": jlcm.name, "made_by": "jlcm-gguf convert", "convert": conv,
                      **scoreboard.tensor_stats(jlcm), "token_embd": EMBD_TYPE, "output": OUTPUT_TYPE})
+        if args.convert_only:
+            return record_conversion(args, rows[0], commands, log)
     if not args.convert_only:
         from jlcm_gguf.convert import reference_gguf
         build = llama_cpp.build(quiet=True)

@@ -82,11 +82,15 @@ def index_step(g, hdiag, s, C, groups, idx, rule: str, rho: float):
     ste:      take the codeword minimizing  g delta  -- the straight-through pull grows with |delta|,
               so any index with a nonzero gradient jumps to an extreme codeword.
     """
+    return move_scores(g.unsqueeze(-1), hdiag.view(1, -1, 1), index_deltas(s, C, groups, idx), rule, rho).argmin(-1)
+
+
+def index_deltas(s, C, groups, idx):
+    """(rows, cols, K): how far each weight moves if its index becomes codeword k."""
     cb = C[groups].repeat_interleave(QK, dim=1)             # (rows, cols, K): each weight's codebook
     cur = torch.gather(cb, 2, idx.unsqueeze(-1))            # (rows, cols, 1)
     sw = s.repeat_interleave(QK).view_as(idx)               # (rows, cols)
-    delta = sw.unsqueeze(-1) * (cb - cur)                   # (rows, cols, K)
-    return move_scores(g.unsqueeze(-1), hdiag.view(1, -1, 1), delta, rule, rho).argmin(-1)
+    return sw.unsqueeze(-1) * (cb - cur)
 
 
 def move_scores(g, hdiag, delta, rule: str, rho: float = 1.0):
@@ -254,17 +258,26 @@ class JLCM:
         of zero codewords, or of dead inputs) toward its current value instead of letting it float."""
         rows, cols = w.shape
         nb = cols // QK
-        Hf = H.full()
-        Hb = Hf.view(nb, QK, cols)
-        WH = (w @ Hf).view(rows, nb, QK)
         Q = JLCM.dequant(torch.ones_like(s), C, groups, idx).view(rows, nb, QK)
         s0 = s.view(rows, nb)
         out = torch.empty_like(s0)
-        step = max(1, chunk_floats // (nb * cols))      # rows at a time: T holds step x nb x cols floats
+        if H.h is None:     # H = F^T F: A_r = V_r V_r^T, V_r[b] = F_b q_rb^T, rows * cols * n work, not rows * cols^2
+            F = H.factor
+            Fb = F.view(-1, nb, QK).transpose(0, 1)                         # (nb, n, QK)
+            WH = ((w @ F.T) @ F).view(rows, nb, QK)
+            step = max(1, chunk_floats // (nb * F.shape[0]))                # V holds step x nb x n floats
+        else:
+            Hb = H.h.view(nb, QK, cols)
+            WH = (w @ H.h).view(rows, nb, QK)
+            step = max(1, chunk_floats // (nb * cols))                      # T holds step x nb x cols floats
         for a in range(0, rows, step):
             q = Q[a:a + step]
-            T = torch.bmm(q.transpose(0, 1), Hb).transpose(0, 1)            # (rows, nb, cols): q_rb H_b.
-            A = (T.view(-1, nb, nb, QK) * q.unsqueeze(1)).sum(-1)           # (rows, nb, nb)
+            if H.h is None:
+                V = torch.bmm(q.transpose(0, 1), Fb.transpose(1, 2)).transpose(0, 1)   # (rows, nb, n)
+                A = torch.bmm(V, V.transpose(1, 2))                                     # (rows, nb, nb)
+            else:
+                T = torch.bmm(q.transpose(0, 1), Hb).transpose(0, 1)        # (rows, nb, cols): q_rb H_b.
+                A = (T.reshape(-1, nb, nb, QK) * q.unsqueeze(1)).sum(-1)    # (rows, nb, nb)
             y = (q * WH[a:a + step]).sum(-1)
             lam = ridge * torch.diagonal(A, dim1=1, dim2=2).mean(1).clamp_min(1e-30)
             A = A + lam[:, None, None] * torch.eye(nb, dtype=A.dtype, device=A.device)
@@ -276,9 +289,10 @@ class JLCM:
         w_hat = self.dequant(s, C, groups, idx)
         before = self.loss(w, w_hat, H)
         g = -2 * H.times(w - w_hat)
-        hdiag = H.diag()
+        hdiag = H.diag().view(1, -1, 1)
+        delta = index_deltas(s, C, groups, idx)             # index_step's, computed once for every rho tried
         for _ in range(6):
-            new = index_step(g, hdiag, s, C, groups, idx, self.cfg.update, rho)
+            new = move_scores(g.unsqueeze(-1), hdiag, delta, self.cfg.update, rho).argmin(-1)
             if self.loss(w, self.dequant(s, C, groups, new), H) < before:
                 return new, rho
             if self.cfg.update != "proximal":

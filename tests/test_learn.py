@@ -561,6 +561,10 @@ def test_factored_gram_matches_the_full_matrix_and_the_codes():
     torch.testing.assert_close(fac.diag(), full.diag(), rtol=1e-4, atol=1e-7)
     torch.testing.assert_close(fac.quad(d), full.quad(d), rtol=1e-4, atol=0)
     torch.testing.assert_close(fac.times(d), full.times(d), rtol=1e-3, atol=1e-6)
+    # the scale refit's factored path (A_r = V_r V_r^T) solves the same least squares as the full one
+    s, C, groups, idx = learn.JLCM(pack.JLCM2, learn.Settings(n_groups=0)).init(w[:128], full)
+    torch.testing.assert_close(learn.JLCM.fit_scales(w[:128], fac, s, C, groups, idx),
+                               learn.JLCM.fit_scales(w[:128], full, s, C, groups, idx), rtol=1e-3, atol=1e-7)
     cfg = learn.Settings(outer_steps=1)
     a = learn.JLCM(pack.JLCM2, cfg).quantize(w[:128], fac)
     b = learn.JLCM(pack.JLCM2, cfg).quantize(w[:128], full)
