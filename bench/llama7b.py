@@ -98,18 +98,21 @@ def convert_jlcm2(model: Path, out: Path, calib_tokens: int, device: str, comman
             "--calib-tokens", str(calib_tokens), "--calib-len", "512", "--outer-steps", "0",
             "--sweeps", "0", "--distill-epochs", "0", "--device", device]
     stats, err = run_logged(argv, commands)
-    # tqdm's last "quantizing" bar: layers done and the stage's elapsed time
-    bars = re.findall(r"quantizing: 100%\|[^|]*\| (\d+)/\d+ \[([0-9:]+)<", err)
-    if bars:
-        layers, elapsed = int(bars[-1][0]), bars[-1][1]
-        seconds = sum(int(x) * 60 ** i for i, x in enumerate(reversed(elapsed.split(":"))))
+    log = layer_log(err)
+    done = layer_times(log)          # (layers done, elapsed s) as each layer finished
+    if len(done) > 1:
+        layers, seconds = done[-1]
         stats["layers"], stats["layer_stage_seconds"] = layers, seconds
         stats["seconds_per_layer"] = round(seconds / layers, 2)
+        stats["seconds_by_layer"] = [b - a for (_, a), (_, b) in zip(done, done[1:])]
     stats["device"] = device
-    stats["log"] = err
+    stats["log"] = log
     if gpu := re.search(r"peak GPU memory ([0-9.]+) GiB", err):
         stats["peak_gpu_gib"] = float(gpu.group(1))
     return stats
+
+
+_BAR = re.compile(r"quantizing:.*?\| (\d+)/\d+ \[([0-9:]+)<")     # tqdm's layer bar: layers done, elapsed
 
 
 def layer_log(err: str) -> str:
@@ -118,12 +121,21 @@ def layer_log(err: str) -> str:
     for line in err.split("\n"):     # not splitlines(), which also splits at tqdm's \r
         states = line.split("\r")
         for st in states[:-1]:
-            n = re.search(r"quantizing:.*?\| (\d+)/\d+ \[", st)
+            n = _BAR.search(st)
             if n and n.group(1) != last:
                 lines.append(st.strip())
                 last = n.group(1)
         lines.append(states[-1].strip())
     return "\n".join(x for x in lines if x) + "\n"
+
+
+def layer_times(log: str) -> list[tuple[int, int]]:
+    """(layers done, elapsed seconds) at each finished layer of a layer_log, the final bar included."""
+    out = []
+    for line in log.splitlines():
+        if (m := _BAR.search(line)) and (not out or int(m.group(1)) != out[-1][0]):
+            out.append((int(m.group(1)), sum(int(x) * 60 ** i for i, x in enumerate(reversed(m.group(2).split(":"))))))
+    return out
 
 
 def record_conversion(args, row: dict, commands: list[str], log: str) -> int:
@@ -137,7 +149,7 @@ def record_conversion(args, row: dict, commands: list[str], log: str) -> int:
     if args.device == "cuda":
         rec["machine"]["gpu"] = torch.cuda.get_device_name(0)
     logfile = args.out.with_name(f"{args.out.stem}-{args.device}.log")
-    logfile.write_text(layer_log(log))
+    logfile.write_text(log)
     rec["log"] = str(logfile.relative_to(RESULTS.parent.parent)) if logfile.is_relative_to(RESULTS.parent.parent) \
         else str(logfile)
     doc = json.loads(args.out.read_text()) if args.out.exists() else {}

@@ -261,14 +261,12 @@ class JLCM:
         Q = JLCM.dequant(torch.ones_like(s), C, groups, idx).view(rows, nb, QK)
         s0 = s.view(rows, nb)
         out = torch.empty_like(s0)
+        WH = H.times(w).view(rows, nb, QK)
         if H.h is None:     # H = F^T F: A_r = V_r V_r^T, V_r[b] = F_b q_rb^T, rows * cols * n work, not rows * cols^2
-            F = H.factor
-            Fb = F.view(-1, nb, QK).transpose(0, 1)                         # (nb, n, QK)
-            WH = ((w @ F.T) @ F).view(rows, nb, QK)
-            step = max(1, chunk_floats // (nb * F.shape[0]))                # V holds step x nb x n floats
+            Fb = H.factor.view(-1, nb, QK).transpose(0, 1)                  # (nb, n, QK)
+            step = max(1, chunk_floats // (nb * Fb.shape[1]))               # V holds step x nb x n floats
         else:
             Hb = H.h.view(nb, QK, cols)
-            WH = (w @ H.h).view(rows, nb, QK)
             step = max(1, chunk_floats // (nb * cols))                      # T holds step x nb x cols floats
         for a in range(0, rows, step):
             q = Q[a:a + step]
