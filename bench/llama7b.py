@@ -3,7 +3,7 @@
 IQ2_XS files of the same shapes in one llama-bench run.
 
     python bench/llama7b.py [--jlcm-from convert|llama-quantize] [--calib-tokens 512] [--device cpu|cuda]
-                            [--convert-only | --prepare-only] [--work DIR]
+                            [--convert-only | --prepare-only | --bench-converted] [--work DIR]
 
 The weights are random (seeded normal, std 0.02; norms 1): what this measures is size, memory and
 speed, never quality. The tokenizer is Mistral-7B v0.1's SentencePiece model (32000 pieces, the
@@ -13,7 +13,9 @@ reduced calibration, no joint-learning rounds, no distillation, which would hold
 float) or from the patched llama-quantize (--jlcm-from llama-quantize: csrc's data-free reference
 quantizer, the same blocks and bytes without learning). Either way token_embd is JLCM2 and
 output.weight Q4_0, so the whole file counts every byte against 2 GiB. Writes
-bench/results/llama7b.json (machine, exact commands, rows).
+bench/results/llama7b.json (machine, exact commands, rows). --convert-only records its conversion
+there as `<device>_convert` (time per layer, peak RSS, size; the log beside it) and leaves the rows of
+the last full run alone; --bench-converted then runs llama-bench on that file beside --stock.
 """
 from __future__ import annotations
 
@@ -159,6 +161,34 @@ def record_conversion(args, row: dict, commands: list[str], log: str) -> int:
     return 0
 
 
+def stock_files(args, model: Path, runner) -> list[Path]:
+    """The --stock types of the model by llama-quantize with a 1-chunk imatrix (cached in --work)."""
+    from jlcm_gguf.convert import reference_gguf
+    f16 = reference_gguf(model, quiet=True)
+    imat = scoreboard.imatrix(runner, f16, assets.text_file(assets.CALIB_TEXT), args.work / "imatrix-1.gguf",
+                              chunks=1, threads=args.threads)
+    return [scoreboard.quantize(runner, f16, args.work / f"llama7b-{t}.gguf", t, imat, args.threads)
+            for t in args.stock.split(",") if t]
+
+
+def bench_converted(args, model: Path, commands: list[str]) -> int:
+    key = f"{args.device}_convert"
+    doc = json.loads(args.out.read_text())
+    jlcm = args.work / f"llama7b-JLCM2-{args.device}.gguf"
+    if key not in doc or not jlcm.exists():
+        raise SystemExit(f"--bench-converted: no {jlcm} with a {key} record in {args.out}; run --convert-only first")
+    runner = scoreboard.Runner(llama_cpp.build(quiet=True))
+    files = [jlcm, *stock_files(args, model, runner)]
+    speeds = scoreboard.bench(runner, files, args.threads, reps=2, prompt=128)
+    doc[key]["bench"] = {"date": time.strftime("%Y-%m-%d"), "machine": scoreboard.machine_info(),
+                         "commands": commands + runner.commands,
+                         "rows": [{"file": f.name, "file_bytes": f.stat().st_size, **speeds[f]} for f in files]}
+    cache.write_json(args.out, doc)
+    for r in doc[key]["bench"]["rows"]:
+        print(f"{r['file']:32s} {r['file_bytes'] / GIB:.3f} GiB  pp128 {r['pp128']}  tg128 {r['tg128']}")
+    return 0
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", type=Path, default=cache.cache_dir() / "bench" / "llama7b")
@@ -171,6 +201,9 @@ def main() -> int:
     p.add_argument("--convert-only", action="store_true", help="the JLCM2 conversion only (e.g. on a GPU machine)")
     p.add_argument("--prepare-only", action="store_true",
                    help="make the model and the pinned converter's F16 file, then stop (ahead of a timed conversion)")
+    p.add_argument("--bench-converted", action="store_true",
+                   help="llama-bench the file a --convert-only run made beside the --stock types (one run, two "
+                        "passes) and add the speeds to its record")
     p.add_argument("--out", type=Path, default=RESULTS / "llama7b.json")
     args = p.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
@@ -181,6 +214,8 @@ def main() -> int:
         from jlcm_gguf.convert import reference_gguf
         print(reference_gguf(model, quiet=False))
         return 0
+    if args.bench_converted:
+        return bench_converted(args, model, commands)
     rows = []
     if args.jlcm_from == "convert":
         jlcm = args.work / f"llama7b-JLCM2-{args.device}.gguf"
@@ -203,10 +238,8 @@ def main() -> int:
                          "made_by": "patched llama-quantize (data-free reference quantizer, no calibration)",
                          "convert": scoreboard.quantize_stats(jlcm), **scoreboard.tensor_stats(jlcm),
                          "token_embd": EMBD_TYPE, "output": OUTPUT_TYPE})
-        imat = scoreboard.imatrix(runner, f16, assets.text_file(assets.CALIB_TEXT), args.work / "imatrix-1.gguf",
-                                  chunks=1, threads=args.threads)
-        for t in [x for x in args.stock.split(",") if x]:
-            path = scoreboard.quantize(runner, f16, args.work / f"llama7b-{t}.gguf", t, imat, args.threads)
+        for path in stock_files(args, model, runner):
+            t = path.stem.removeprefix("llama7b-")
             st = scoreboard.tensor_stats(path)
             types = {x.name: x.tensor_type.name for x in open_reader(path).tensors
                      if x.name in ("token_embd.weight", "output.weight")}
