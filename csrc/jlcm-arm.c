@@ -45,8 +45,9 @@ static inline void codebook_tables2(const block_jlcm2 * a, const block_jlcm2 * b
 }
 
 static inline int8x16_t codebook_table3(const block_jlcm3 * b) {
-    uint64x1_t w = vcreate_u64(jlcm3_table_word(b->cb));
-    return vreinterpretq_s8_u64(vdupq_lane_u64(w, 0));
+    uint64_t w = jlcm3_table_word(b->cb);
+    JLCM_IN_GPR(w);
+    return vreinterpretq_s8_u64(vdupq_n_u64(w));
 }
 
 // JLCM2's int8 weights 16k .. 16k+15, k = 0..3, from its table t (entry j % 4 in byte j). A second
@@ -81,6 +82,7 @@ static inline void jlcm3_indices(const block_jlcm3 * b, uint8x16_t i[4]) {
     const uint8x16_t q = vld1q_u8(b->qs);
     uint64_t raw;
     memcpy(&raw, b->qh, 8);
+    JLCM_IN_GPR(raw);   // dup from a general register: no vector-pipe uop
     const uint8x16_t h = vreinterpretq_u8_u64(vdupq_n_u64(raw));
     i[0] = vandq_u8(q, vdupq_n_u8(15));
     i[1] = vshrq_n_u8(q, 4);
@@ -88,11 +90,11 @@ static inline void jlcm3_indices(const block_jlcm3 * b, uint8x16_t i[4]) {
     i[3] = vsliq_n_u8(vshlq_u8(h, vld1q_s8(shifts[1])), vshrq_n_u8(q, 7), 2);
 }
 
-// A block's int8 weights w (16 each) . activations: p[h] holds 4 partial sums of the h-th 32 weights.
+// p[h] += a block's int8 weights w (16 each) . activations, the h-th 32 weights' 4 partial sums.
 static inline void block_dots(const int8x16_t w[4], const block_q8_0_jlcm * y, int32x4_t p[2]) {
-    p[0] = dot16(vdupq_n_s32(0), w[0], vld1q_s8(y[0].qs));
+    p[0] = dot16(p[0], w[0], vld1q_s8(y[0].qs));
     p[0] = dot16(p[0], w[1], vld1q_s8(y[0].qs + 16));
-    p[1] = dot16(vdupq_n_s32(0), w[2], vld1q_s8(y[1].qs));
+    p[1] = dot16(p[1], w[2], vld1q_s8(y[1].qs));
     p[1] = dot16(p[1], w[3], vld1q_s8(y[1].qs + 16));
 }
 
@@ -123,12 +125,23 @@ static inline float32x4_t f32x4_from_bits(uint64_t lo, uint64_t hi) {
     return vreinterpretq_f32_u64(vcombine_u64(vcreate_u64(lo), vcreate_u64(hi)));
 }
 
-// acc += the dot products of two consecutive blocks a, b (activations y[0..3]): their four
-// halves' sums side by side, [a0, a1, b0, b1], times [dy0 d_a, dy1 d_a, dy2 d_b, dy3 d_b] --
-// one conversion and one multiply-add for 128 weights.
-static inline float32x4_t pair_into(float32x4_t acc, const int32x4_t pa[2], const int32x4_t pb[2],
-                                    jlcm_half da, jlcm_half db, const block_q8_0_jlcm * y) {
-    const int32x4_t sums = vpaddq_s32(vpaddq_s32(pa[0], pa[1]), vpaddq_s32(pb[0], pb[1]));
+// The running sums of a row's block pairs: p[0], p[1] block a's halves, p[2], p[3] block b's, never
+// reset, and last, their lane sums [a0, a1, b0, b1] after the previous pair. A pair's own sums are the
+// difference: one subtraction where zeroing four accumulators took four vector moves (sdot adds into
+// its destination), which the N1's two vector pipes feel (llvm-mca: 47.2 -> 45.7 cycles per 256
+// weights). int32 wraps, but a difference of wrapped sums is exact while one pair's sums fit.
+typedef struct {
+    int32x4_t p[4];
+    int32x4_t last;
+} pair_sums;
+
+// acc += the dot products of the pair just added to r (activations y[0..3]): its four halves' sums
+// side by side, [a0, a1, b0, b1], times [dy0 d_a, dy1 d_a, dy2 d_b, dy3 d_b] -- one conversion and
+// one multiply-add for 128 weights.
+static inline float32x4_t pair_into(float32x4_t acc, pair_sums * r, jlcm_half da, jlcm_half db, const block_q8_0_jlcm * y) {
+    const int32x4_t run = vpaddq_s32(vpaddq_s32(r->p[0], r->p[1]), vpaddq_s32(r->p[2], r->p[3]));
+    const int32x4_t sums = vsubq_s32(run, r->last);
+    r->last = run;
     const float32x4_t dy = f32x4_from_bits(half_pair_bits(y[0].d, y[1].d), half_pair_bits(y[2].d, y[3].d));
     const float32x4_t dx = f32x4_from_bits(half_pair_bits(da, da), half_pair_bits(db, db));
     return vfmaq_f32(acc, vcvtq_f32_s32(sums), vmulq_f32(dy, dx));
@@ -146,7 +159,7 @@ void vec_dot_jlcm2_q8_0_simd(int n, float * s, size_t bs, const void * vx, size_
     const block_q8_0_jlcm * y = (const block_q8_0_jlcm *)vy;
     const int nb = n / QK_JLCM;
     float32x4_t acc = vdupq_n_f32(0.0f);
-    int32x4_t pa[2], pb[2];
+    pair_sums r = {{vdupq_n_s32(0), vdupq_n_s32(0), vdupq_n_s32(0), vdupq_n_s32(0)}, vdupq_n_s32(0)};
     int8x16_t w[4];
     float tail = 0.0f;
     const block_jlcm2 * const pairs_end = x + (nb & ~1);
@@ -154,17 +167,31 @@ void vec_dot_jlcm2_q8_0_simd(int n, float * s, size_t bs, const void * vx, size_
         int8x16_t ta, tb;
         codebook_tables2(&x[0], &x[1], &ta, &tb);
         jlcm2_weights(ta, x[0].qs, w);
-        block_dots(w, &y[0], pa);
+        block_dots(w, &y[0], &r.p[0]);
         jlcm2_weights(tb, x[1].qs, w);
-        block_dots(w, &y[2], pb);
-        acc = pair_into(acc, pa, pb, x[0].d, x[1].d, y);
+        block_dots(w, &y[2], &r.p[2]);
+        acc = pair_into(acc, &r, x[0].d, x[1].d, y);
     }
     if (nb & 1) {
+        int32x4_t p[2] = {vdupq_n_s32(0), vdupq_n_s32(0)};
         jlcm2_weights(vreinterpretq_s8_u32(vdupq_n_u32(jlcm2_table_word(x->cb))), x->qs, w);
-        block_dots(w, y, pa);
-        tail = block_sum(pa, x->d, y);
+        block_dots(w, y, p);
+        tail = block_sum(p, x->d, y);
     }
     *s = vaddvq_f32(acc) + tail;
+}
+
+// Blocks x[0], x[1] into acc.
+static JLCM_INLINE float32x4_t jlcm3_pair(float32x4_t acc, pair_sums * r, const block_jlcm3 * x, const block_q8_0_jlcm * y) {
+    uint8x16_t i[4];
+    int8x16_t w[4];
+    jlcm3_indices(&x[0], i);
+    jlcm3_weights(codebook_table3(&x[0]), i, w);
+    block_dots(w, &y[0], &r->p[0]);
+    jlcm3_indices(&x[1], i);
+    jlcm3_weights(codebook_table3(&x[1]), i, w);
+    block_dots(w, &y[2], &r->p[2]);
+    return pair_into(acc, r, x[0].d, x[1].d, y);
 }
 
 void vec_dot_jlcm3_q8_0_simd(int n, float * s, size_t bs, const void * vx, size_t bx, const void * vy, size_t by, int nrc) {
@@ -173,25 +200,25 @@ void vec_dot_jlcm3_q8_0_simd(int n, float * s, size_t bs, const void * vx, size_
     const block_q8_0_jlcm * y = (const block_q8_0_jlcm *)vy;
     const int nb = n / QK_JLCM;
     float32x4_t acc = vdupq_n_f32(0.0f);
-    int32x4_t pa[2], pb[2];
-    uint8x16_t i[4];
-    int8x16_t w[4];
+    pair_sums r = {{vdupq_n_s32(0), vdupq_n_s32(0), vdupq_n_s32(0), vdupq_n_s32(0)}, vdupq_n_s32(0)};
     float tail = 0.0f;
-    const block_jlcm3 * const pairs_end = x + (nb & ~1);
-    for (; x < pairs_end; x += 2, y += 4) {
-        jlcm3_indices(&x[0], i);
-        jlcm3_weights(codebook_table3(&x[0]), i, w);
-        block_dots(w, &y[0], pa);
-        jlcm3_indices(&x[1], i);
-        jlcm3_weights(codebook_table3(&x[1]), i, w);
-        block_dots(w, &y[2], pb);
-        acc = pair_into(acc, pa, pb, x[0].d, x[1].d, y);
+    const block_jlcm3 * const quads_end = x + (nb & ~3);
+    for (; x < quads_end; x += 4, y += 8) {
+        acc = jlcm3_pair(acc, &r, x, y);
+        acc = jlcm3_pair(acc, &r, x + 2, y + 4);
+    }
+    if (nb & 2) {
+        acc = jlcm3_pair(acc, &r, x, y);
+        x += 2, y += 4;
     }
     if (nb & 1) {
+        uint8x16_t i[4];
+        int8x16_t w[4];
+        int32x4_t p[2] = {vdupq_n_s32(0), vdupq_n_s32(0)};
         jlcm3_indices(x, i);
         jlcm3_weights(codebook_table3(x), i, w);
-        block_dots(w, y, pa);
-        tail = block_sum(pa, x->d, y);
+        block_dots(w, y, p);
+        tail = block_sum(p, x->d, y);
     }
     *s = vaddvq_f32(acc) + tail;
 }

@@ -45,7 +45,7 @@ static const type_info TYPES[2] = {
     {"JLCM3", sizeof(block_jlcm3), 4, vec_dot_jlcm3_q8_0_ref, vec_dot_jlcm3_q8_0_simd, vec_dot_jlcm3_q8_0, dq3},
 };
 
-static const int ROW_LENGTHS[] = {64, 576, 1536, 4096, 11008};
+static const int ROW_LENGTHS[] = {64, 576, 704, 1536, 4096, 11008};   // 704: 11 blocks, every loop remainder
 
 // float64 reference of vec_dot from the dequantized weights, and the bound on the
 // float32 kernels' error: gamma_m * sum |terms|, m = 2 * blocks + 8 roundings deep.

@@ -8,7 +8,7 @@ import numpy as np
 
 from jlcm_gguf import pack
 
-ROW_LENGTHS = (64, 576, 1536, 4096, 11008)
+ROW_LENGTHS = (64, 576, 704, 1536, 4096, 11008)   # 704: 11 blocks, every loop remainder
 Q8_KIND = 8
 
 
