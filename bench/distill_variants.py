@@ -23,6 +23,8 @@ A run is `key=value,...`:
            them here. The layer-wise stage still saw only --calib-seqs.
   epochs=E passes over the windows (default 1): 64 windows x 2 epochs take as
            many steps as seqs=128, so the two separate text from steps.
+  bf16=B   the distillation's matmuls in bfloat16 (1) or float32 (0); without it, bfloat16 where the
+           CPU has it (DistillSettings.bf16, distill.native_bf16).
 
 Results: bench/results/distill_variants.json. A row names the machine it ran on
 (", Intel Xeon"): the layer-wise codes differ between CPUs by float rounding, so
@@ -61,7 +63,7 @@ def layerwise_state(qtype: pack.JLCMType, n_seqs: int) -> dict:
         raise _Caught
 
     calib = assets.joined_text(assets.CALIBRATION_NOVELS).read_text(encoding="utf-8")
-    plan = quantize.Plan(lambda i, n: qtype, Settings(), distill.DistillSettings())
+    plan = quantize.Plan(lambda i, n: qtype, Settings(), distill.DistillSettings(seqs=0))   # the calibration's windows
     real, quantize.distill = quantize.distill, grab
     try:
         quantize.quantize_model(assets.hf_model_dir(), calib, plan, n_seqs=n_seqs, seed=0)
@@ -103,7 +105,7 @@ def variant_parser(doc: str, runs: str, out: Path) -> argparse.ArgumentParser:
 
 
 def parse_run(spec: str) -> dict:
-    return parse_spec(spec, {"lr": distill.DistillSettings.lr, "bias": None, "seqs": None, "epochs": None})
+    return parse_spec(spec, {"lr": distill.DistillSettings.lr, "bias": None, "seqs": None, "epochs": None, "bf16": None})
 
 
 def quantized_model(state: dict):
@@ -156,7 +158,9 @@ def distil_run(state: dict, run: dict) -> tuple[dict, dict, dict, list[float], f
         tokens, hidden = more_data(state, int(run["seqs"]))
     t0 = time.time()
     _, norms, history = distill.distill(model, state["quantized"], tokens, hidden,
-                                        distill.DistillSettings(lr=run["lr"], epochs=int(run["epochs"] or 1)), extra=extra)
+                                        distill.DistillSettings(lr=run["lr"], epochs=int(run["epochs"] or 1),
+                                                                bf16=None if run["bf16"] is None else bool(run["bf16"])),
+                                        extra=extra)
     seconds = time.time() - t0
     weights = {n: model.get_submodule(n.removesuffix(".weight")).weight.detach().clone() for n in state["quantized"]}
     return weights, norms, {n: b.detach().clone() for n, b in biases.items()}, history, seconds

@@ -59,7 +59,7 @@ def main() -> int:
               "commands": ["python bench/guided.py " + shlex.join(sys.argv[1:])]}
     for spec in args.runs.split(";"):
         run = parse_run(spec)
-        plan = quantize.Plan(lambda i, n: qtype, Settings(guide=run["mix"]), distill.DistillSettings())
+        plan = quantize.Plan(lambda i, n: qtype, Settings(guide=run["mix"]), distill.DistillSettings(seqs=0, bf16=False))   # as measured
         t0 = time.time()
         q = quantize.quantize_model(hf, calib, plan, n_seqs=args.calib_seqs, seed=Settings().seed)
         seconds = time.time() - t0

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from jlcm_gguf import assets, cache, evaluate, llama_cpp, pack, quantize, scoreboard
-from jlcm_gguf.distill import DistillSettings
+from jlcm_gguf.distill import DistillSettings, native_bf16
 from jlcm_gguf.learn import Settings
 from jlcm_gguf.quantize import Plan, peak_rss_bytes, quantize_model
 
@@ -226,7 +226,8 @@ def main() -> int:
             m = rest_model(torch.load(out), rest_path)
             row = {"name": name, "kind": "jlcm", "variant": variant,
                    "bpw_linear": round(linear_bits(rest, down_t, other_t, first_t, n_layers), 4),
-                   "settings": vars(settings), "distill": vars(distill), "calib_seqs": args.calib_seqs, **stages, "quantize_seconds": round(seconds, 1), "peak_rss_bytes": rss,
+                   "settings": vars(settings), "distill": {**vars(distill), "bf16": distill.bf16 if distill.bf16 is not None
+                                else native_bf16(args.device)}, "calib_seqs": args.calib_seqs, **stages, "quantize_seconds": round(seconds, 1), "peak_rss_bytes": rss,
                    "machine": header["machine"],
                    **evaluate.evaluate(m, data, ref)}
             print(row, flush=True)
@@ -249,7 +250,9 @@ def write_views(doc: dict, out: Path) -> None:
         secs = r.get("quantize_seconds")
         rss = r.get("peak_rss_bytes")
         epochs = (r.get("distill") or {}).get("epochs", 0)
-        calib = f"{r['calib_seqs']} seqs" + (f" × {epochs} distill" if epochs else "") if "calib_seqs" in r else "—"
+        windows = max((r.get("distill") or {}).get("seqs", 0), r.get("calib_seqs", 0))
+        distilled = (f", {windows} windows" if windows > r.get("calib_seqs", 0) else "") + f" × {epochs} distill"
+        calib = f"{r['calib_seqs']} seqs" + (distilled if epochs else "") if "calib_seqs" in r else "—"
         sweeps = sweeps_run(r["settings"]) if "settings" in r else "—"
         lines.append(f"| {r['name']} | {r['kind']} | {r['variant']} | {calib} | {sweeps} | {r['bpw_linear']:.2f} | {r['ppl']:.3f} | "
                      f"{r['kld']:.4f} | {'—' if secs is None else f'{secs:.0f}'} | "

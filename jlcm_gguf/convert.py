@@ -21,7 +21,7 @@ import torch
 
 from . import assets, cache, gguf_write, learn, pack, policy
 from .calibrate import WeightStore
-from .distill import DistillSettings
+from .distill import DistillSettings, native_bf16
 from .learn import Settings
 
 # HF architectures the pinned llama.cpp converter writes as llama-family models that this quantizer's
@@ -49,7 +49,8 @@ class Options:
     guide: float = Settings.guide
     n_groups: int | None = Settings.n_groups     # None: each type's default (learn.DEFAULT_GROUPS)
     distill_epochs: int = DistillSettings.epochs
-    distill_seqs: int = DistillSettings.seqs
+    distill_seqs: int | None = None     # None: DistillSettings.seqs, or as many windows as the text holds
+    distill_bf16: bool | None = DistillSettings.bf16     # None: bfloat16 where the device has it (distill.native_bf16)
     device: str = "cpu"
     quiet: bool = False
 
@@ -121,7 +122,8 @@ def check_model(hf_dir: Path) -> dict:
     return config
 
 
-def calibration_text(opts: Options, tokenizer) -> str:
+def calibration_text(opts: Options, tokenizer) -> tuple[str, int]:
+    """The calibration text and its length in tokens."""
     paths = opts.calib or [assets.text_file(n) for n in assets.CALIBRATION_NOVELS]
     parts = []
     for p in paths:
@@ -134,10 +136,18 @@ def calibration_text(opts: Options, tokenizer) -> str:
     if have < opts.calib_tokens:
         raise ConvertError(f"calibration text has {have} tokens, fewer than --calib-tokens {opts.calib_tokens}; "
                            "give more text with --calib or lower --calib-tokens")
-    if opts.distill_epochs and have < opts.distill_seqs * opts.calib_len:
+    if opts.distill_epochs and opts.distill_seqs is not None and have < opts.distill_seqs * opts.calib_len:
         raise ConvertError(f"calibration text has {have} tokens, fewer than --distill-seqs {opts.distill_seqs} x "
                            f"--calib-len {opts.calib_len}; give more text with --calib or lower --distill-seqs")
-    return text
+    return text, have
+
+
+def distill_seqs(opts: Options, text_tokens: int) -> int:
+    """--distill-seqs as given, or by default DistillSettings.seqs windows where the text holds them (never
+    fewer than the calibration's)."""
+    if opts.distill_seqs is not None:
+        return opts.distill_seqs
+    return max(opts.calib_tokens // opts.calib_len, min(DistillSettings.seqs, text_tokens // opts.calib_len))
 
 
 # -- the whole conversion ---------------------------------------------------------------------------
@@ -185,7 +195,7 @@ def convert(model: Path, out: Path, opts: Options) -> tuple[list[Row], list[str]
         raise ConvertError(f"--calib-tokens {opts.calib_tokens} is less than one {opts.calib_len}-token sequence")
     if not 0 <= opts.guide <= 1:
         raise ConvertError(f"--guide {opts.guide}: give a mix between 0 (off) and 1 (the gradient weights alone)")
-    if opts.distill_seqs and opts.distill_seqs * opts.calib_len < opts.calib_tokens:
+    if opts.distill_seqs and opts.distill_seqs * opts.calib_len < opts.calib_tokens:   # None: chosen below
         raise ConvertError(f"--distill-seqs {opts.distill_seqs} is fewer than the calibration's "
                            f"{opts.calib_tokens // opts.calib_len} sequences, which the distillation always uses; "
                            "give more, or 0 for those alone")
@@ -198,7 +208,7 @@ def convert(model: Path, out: Path, opts: Options) -> tuple[list[Row], list[str]
             raise ConvertError(f"{flag} {t}: the model's rows are {config['hidden_size']} wide, not a multiple of "
                                f"{pack.QK}; choose a stock type such as Q8_0")
     tok = AutoTokenizer.from_pretrained(hf_dir)
-    text = calibration_text(opts, tok)
+    text, text_tokens = calibration_text(opts, tok)
     reference = reference_gguf(hf_dir, opts.quiet)
     types = choose_types(opts, config, reference)
     check_space(out, reference, config, types, opts)
@@ -207,7 +217,8 @@ def convert(model: Path, out: Path, opts: Options) -> tuple[list[Row], list[str]
     plan = Plan(lambda i, lin: jlcm.get(f"model.layers.{i}.{lin}.weight"),
                 Settings(outer_steps=opts.outer_steps, sweeps=opts.sweeps, n_groups=opts.n_groups,
                          guide=opts.guide, seed=opts.seed),
-                DistillSettings(epochs=opts.distill_epochs, seqs=opts.distill_seqs),
+                DistillSettings(epochs=opts.distill_epochs, seqs=distill_seqs(opts, text_tokens),
+                                bf16=native_bf16(opts.device) if opts.distill_bf16 is None else opts.distill_bf16),
                 held=lambda name, w: torch.from_numpy(gguf_write.stock_values(types[name], w.float().cpu().numpy())))
     q = quantize_model(hf_dir, text, plan, n_seqs=opts.calib_tokens // opts.calib_len, seq_len=opts.calib_len,
                        seed=opts.seed, device=opts.device, quiet=opts.quiet)
@@ -239,6 +250,7 @@ def convert(model: Path, out: Path, opts: Options) -> tuple[list[Row], list[str]
         "jlcm.guide": plan.settings.guide,
         "jlcm.distill_epochs": plan.distill.epochs,
         "jlcm.distill_seqs": max(plan.distill.seqs, opts.calib_tokens // opts.calib_len) if plan.distill.epochs else 0,
+        "jlcm.distill_dtype": "bfloat16" if plan.distill.bf16 else "float32",
         "jlcm.seed": opts.seed,
         "jlcm.calibration.files": [Path(p).name for p in opts.calib] or list(assets.CALIBRATION_NOVELS),
         "jlcm.calibration.tokens": (opts.calib_tokens // opts.calib_len) * opts.calib_len,

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -35,7 +37,25 @@ class DistillSettings:
     epochs: int = 1         # more data beats more epochs: docs/METHOD.md
     lr: float = 3e-3
     batch: int = 1          # sequences a step (activations of the whole model are kept for backward)
-    seqs: int = 0           # windows to distil on: the calibration's and more (0: the calibration's alone)
+    seqs: int = 128         # windows to distil on: the calibration's and more (0: the calibration's alone)
+    bf16: bool | None = None    # the forward and backward matmuls in bfloat16 (torch autocast; parameters, Adam
+                                # and the softmaxes stay float32); None: where the device has bfloat16 arithmetic
+
+
+def native_bf16(device) -> bool:
+    """Whether `device` multiplies bfloat16 in hardware: a CUDA GPU that supports it, or an x86 CPU with
+    AVX512-BF16 or AMX (Linux's CPU flags). Elsewhere torch converts to float32 and back, slower than
+    float32 alone, so the distillation stays in float32 there."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return re.search(r"\b(avx512_bf16|amx_bf16)\b", flags) is not None
 
 
 class BlockScale(torch.nn.Module):
@@ -107,12 +127,14 @@ def distill(model, quantized: dict, tokens: torch.Tensor, teacher_hidden: torch.
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda k: 0.5 * (1 + math.cos(math.pi * k / (settings.epochs * len(steps)))))
     history = []
+    bf16 = native_bf16(tokens.device) if settings.bf16 is None else settings.bf16
     model.train()
     for epoch in range(settings.epochs):
         total = 0.0
         for b in tqdm(steps, desc=f"distilling {epoch + 1}/{settings.epochs}", unit="step", leave=False, disable=quiet):
-            normed = model.model(tokens[b:b + settings.batch]).last_hidden_state     # after the final norm
-            loss = head_kl(model, teacher_norm, normed, teacher_hidden[b:b + settings.batch])
+            with torch.autocast(tokens.device.type, torch.bfloat16, enabled=bf16):
+                normed = model.model(tokens[b:b + settings.batch]).last_hidden_state     # after the final norm
+                loss = head_kl(model, teacher_norm, normed, teacher_hidden[b:b + settings.batch])
             opt.zero_grad()
             loss.backward()
             opt.step()

@@ -26,7 +26,8 @@ def novels():
 
 
 # quick settings: the learning is covered by test_learn.py; the converted file is what these tests use
-QUICK = ("--outer-steps", "0", "--sweeps", "0", "--distill-epochs", "1", "--calib-tokens", "512", "--calib-len", "256")
+QUICK = ("--outer-steps", "0", "--sweeps", "0", "--distill-epochs", "1", "--distill-seqs", "0", "--calib-tokens", "512",
+         "--calib-len", "256")
 
 
 def convert(model, out, *extra, **kw):

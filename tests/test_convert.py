@@ -192,6 +192,24 @@ def test_unknown_type_names_the_flag(hf, tmp_path):
     assert leftovers(tmp_path) == []
 
 
+def test_distillation_windows_default_to_128_where_the_text_holds_them():
+    """Without --distill-seqs: 128 windows, fewer where the text is short, never fewer than the calibration's."""
+    from jlcm_gguf.convert import Options, distill_seqs
+    opts = Options(calib_tokens=64 * 512, calib_len=512)
+    assert distill_seqs(opts, 4_000_000) == 128
+    assert distill_seqs(opts, 100 * 512 + 7) == 100
+    assert distill_seqs(opts, 64 * 512) == 64
+    assert distill_seqs(Options(calib_tokens=200 * 512, calib_len=512), 4_000_000) == 200
+    assert distill_seqs(Options(calib_tokens=64 * 512, calib_len=512, distill_seqs=0), 4_000_000) == 0
+
+
+def test_converted_file_names_the_distillation(converted):
+    """The metadata says in which dtype the distillation's matmuls ran: bfloat16 where this CPU has it."""
+    from jlcm_gguf.distill import native_bf16
+    field = open_reader(converted).fields["jlcm.distill_dtype"]
+    assert bytes(field.parts[field.data[0]]).decode() == ("bfloat16" if native_bf16("cpu") else "float32")
+
+
 def test_jlcm_embedding_needs_rows_a_multiple_of_64(hf, tmp_path):
     d = copy_hf(hf, tmp_path / "narrow")
     os.symlink(hf / "model.safetensors", d / "model.safetensors")

@@ -158,7 +158,7 @@ def test_distillation_on_more_windows_has_the_float_model_as_teacher(monkeypatch
     monkeypatch.setattr(quantize, "distill", lambda model, q, tokens, teacher, *a: (
         seen.append((tokens, teacher)), real(model, q, tokens, teacher, *a))[1])
     kw = dict(n_seqs=2, seq_len=64, quiet=True, n_layers=1)
-    plain = quantize.quantize_model(hf, text, quantize.Plan(lambda i, n: pack.JLCM2, fast, DistillSettings()), **kw)
+    plain = quantize.quantize_model(hf, text, quantize.Plan(lambda i, n: pack.JLCM2, fast, DistillSettings(seqs=0)), **kw)
     more = quantize.quantize_model(hf, text, quantize.Plan(lambda i, n: pack.JLCM2, fast, DistillSettings(seqs=5)), **kw)
     (t2, _), (t5, teacher) = seen
     assert t2.shape == (2, 64) and t5.shape == (5, 64)
@@ -436,7 +436,7 @@ def test_held_stock_weights_feed_the_later_layers():
                                    if (i, n) != (1, "mlp.down_proj"))
     assert not np.array_equal(plain.blocks, held.blocks)
     calls.clear()
-    quantize_model(hf, text, Plan(choose, fast, DistillSettings(epochs=1), held=q4_0), **kw)
+    quantize_model(hf, text, Plan(choose, fast, DistillSettings(epochs=1, seqs=0), held=q4_0), **kw)
     assert len(calls) == 2 * 13          # once for the layer-wise pass, once for the distillation's model
 
 
@@ -451,7 +451,7 @@ def test_distillation_rescales_blocks_and_lowers_the_kl():
     crude = learn.Settings(update="none", error_feedback=False)
     before = quantize_model(hf, emma, Plan(lambda i, n: pack.JLCM2, crude, distill.DistillSettings(epochs=0)),
                             n_seqs=4, seq_len=128, quiet=True, n_layers=4)
-    after = quantize_model(hf, emma, Plan(lambda i, n: pack.JLCM2, crude, distill.DistillSettings(epochs=3)),
+    after = quantize_model(hf, emma, Plan(lambda i, n: pack.JLCM2, crude, distill.DistillSettings(epochs=3, seqs=0)),
                            n_seqs=4, seq_len=128, quiet=True, n_layers=4)
     assert after.distill_history[-1] < after.distill_history[0]
     assert set(after.norms) >= {"model.norm.weight", "model.layers.0.input_layernorm.weight"}

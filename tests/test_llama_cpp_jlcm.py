@@ -51,7 +51,8 @@ def jlcm3_model(tmp_path_factory):
     from conftest import run_cli
     out = tmp_path_factory.mktemp("jlcm3") / "smollm2-jlcm3.gguf"
     r = run_cli("convert", assets.hf_model_dir(), "-o", out, "--type", "jlcm3", "--outer-steps", "0",
-                "--sweeps", "0", "--distill-epochs", "1", "--calib-tokens", "4096", "--calib-len", "512", "--quiet")
+                "--sweeps", "0", "--distill-epochs", "1", "--distill-seqs", "0", "--calib-tokens", "4096", "--calib-len", "512",
+                "--quiet")
     assert r.returncode == 0, r.stderr
     return out
 
