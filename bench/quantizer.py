@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from jlcm_gguf import assets, cache, evaluate, llama_cpp, pack, quantize, scoreboard
-from jlcm_gguf.distill import DistillSettings, native_bf16
+from jlcm_gguf.distill import DistillSettings
 from jlcm_gguf.learn import Settings
 from jlcm_gguf.quantize import Plan, peak_rss_bytes, quantize_model
 
@@ -226,8 +226,7 @@ def main() -> int:
             m = rest_model(torch.load(out), rest_path)
             row = {"name": name, "kind": "jlcm", "variant": variant,
                    "bpw_linear": round(linear_bits(rest, down_t, other_t, first_t, n_layers), 4),
-                   "settings": vars(settings), "distill": {**vars(distill), "bf16": distill.bf16 if distill.bf16 is not None
-                                else native_bf16(args.device)}, "calib_seqs": args.calib_seqs, **stages, "quantize_seconds": round(seconds, 1), "peak_rss_bytes": rss,
+                   "settings": vars(settings), "distill": {**vars(distill), "bf16": distill.uses_bf16(args.device)}, "calib_seqs": args.calib_seqs, **stages, "quantize_seconds": round(seconds, 1), "peak_rss_bytes": rss,
                    "machine": header["machine"],
                    **evaluate.evaluate(m, data, ref)}
             print(row, flush=True)

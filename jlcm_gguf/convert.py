@@ -21,7 +21,7 @@ import torch
 
 from . import assets, cache, gguf_write, learn, pack, policy
 from .calibrate import WeightStore
-from .distill import DistillSettings, native_bf16
+from .distill import DistillSettings
 from .learn import Settings
 
 # HF architectures the pinned llama.cpp converter writes as llama-family models that this quantizer's
@@ -217,8 +217,7 @@ def convert(model: Path, out: Path, opts: Options) -> tuple[list[Row], list[str]
     plan = Plan(lambda i, lin: jlcm.get(f"model.layers.{i}.{lin}.weight"),
                 Settings(outer_steps=opts.outer_steps, sweeps=opts.sweeps, n_groups=opts.n_groups,
                          guide=opts.guide, seed=opts.seed),
-                DistillSettings(epochs=opts.distill_epochs, seqs=distill_seqs(opts, text_tokens),
-                                bf16=native_bf16(opts.device) if opts.distill_bf16 is None else opts.distill_bf16),
+                DistillSettings(epochs=opts.distill_epochs, seqs=distill_seqs(opts, text_tokens), bf16=opts.distill_bf16),
                 held=lambda name, w: torch.from_numpy(gguf_write.stock_values(types[name], w.float().cpu().numpy())))
     q = quantize_model(hf_dir, text, plan, n_seqs=opts.calib_tokens // opts.calib_len, seq_len=opts.calib_len,
                        seed=opts.seed, device=opts.device, quiet=opts.quiet)
@@ -250,7 +249,7 @@ def convert(model: Path, out: Path, opts: Options) -> tuple[list[Row], list[str]
         "jlcm.guide": plan.settings.guide,
         "jlcm.distill_epochs": plan.distill.epochs,
         "jlcm.distill_seqs": max(plan.distill.seqs, opts.calib_tokens // opts.calib_len) if plan.distill.epochs else 0,
-        "jlcm.distill_dtype": "bfloat16" if plan.distill.bf16 else "float32",
+        "jlcm.distill_dtype": "bfloat16" if plan.distill.uses_bf16(opts.device) else "float32",
         "jlcm.seed": opts.seed,
         "jlcm.calibration.files": [Path(p).name for p in opts.calib] or list(assets.CALIBRATION_NOVELS),
         "jlcm.calibration.tokens": (opts.calib_tokens // opts.calib_len) * opts.calib_len,

@@ -41,6 +41,9 @@ class DistillSettings:
     bf16: bool | None = None    # the forward and backward matmuls in bfloat16 (torch autocast; parameters, Adam
                                 # and the softmaxes stay float32); None: where the device has bfloat16 arithmetic
 
+    def uses_bf16(self, device) -> bool:
+        return native_bf16(device) if self.bf16 is None else self.bf16
+
 
 def native_bf16(device) -> bool:
     """Whether `device` multiplies bfloat16 in hardware: a CUDA GPU that supports it, or an x86 CPU with
@@ -127,7 +130,7 @@ def distill(model, quantized: dict, tokens: torch.Tensor, teacher_hidden: torch.
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda k: 0.5 * (1 + math.cos(math.pi * k / (settings.epochs * len(steps)))))
     history = []
-    bf16 = native_bf16(tokens.device) if settings.bf16 is None else settings.bf16
+    bf16 = settings.uses_bf16(tokens.device)
     model.train()
     for epoch in range(settings.epochs):
         total = 0.0
