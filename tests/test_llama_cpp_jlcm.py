@@ -268,3 +268,23 @@ def test_old_jlcm3_layout_is_refused(build, jlcm3_model, tmp_path):
     r = run(build.command("llama-completion") + ["-m", str(old), "-p", PROMPT, "-n", "1", "-no-cnv"], timeout=300)
     assert r.returncode > 0, r.returncode
     assert "format-version-1 bit layout" in r.stderr, r.stderr[-2000:]
+
+
+def test_llama_quantize_files_name_the_format_version(build, f16, tmp_path):
+    """The patched llama-quantize's JLCM files carry jlcm.format_version as jlcm-gguf convert's do (the
+    patch writes the number itself: this is where the two are compared), so a later block layout can
+    refuse them; a stock type's file carries no such key."""
+    from jlcm_gguf import gguf_io, pack
+
+    def version(path):
+        field = gguf_io.open_reader(path).fields.get("jlcm.format_version")
+        return None if field is None else int(field.parts[field.data[0]][0])
+
+    jlcm = tmp_path / "jlcm2.gguf"
+    r = run(build.command("llama-quantize") + [str(f16), str(jlcm), "JLCM2", "2"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert version(jlcm) == pack.FORMAT_VERSION
+    q4 = tmp_path / "q4_0.gguf"
+    r = run(build.command("llama-quantize") + [str(f16), str(q4), "Q4_0", "2"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert version(q4) is None
