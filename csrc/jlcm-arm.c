@@ -128,7 +128,7 @@ static inline float32x4_t f32x4_from_bits(uint64_t lo, uint64_t hi) {
 // The running sums of a row's block pairs: p[0], p[1] block a's halves, p[2], p[3] block b's, never
 // reset, and last, their lane sums [a0, a1, b0, b1] after the previous pair. A pair's own sums are the
 // difference: one subtraction where zeroing four accumulators took four vector moves (sdot adds into
-// its destination), which the N1's two vector pipes feel (llvm-mca: 47.2 -> 45.7 cycles per 256
+// its destination), which the N1's two vector pipes feel (llvm-mca: 47.2 -> 45.3 cycles per 256
 // weights). int32 wraps, but a difference of wrapped sums is exact while one pair's sums fit.
 typedef struct {
     int32x4_t p[4];

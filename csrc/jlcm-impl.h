@@ -92,7 +92,7 @@ static inline uint64_t jlcm_entries(uint64_t nibbles) {
 // A codebook's nibbles, one per byte: JLCM2's in bytes 0-3, a pair's second in 4-7, JLCM3's in 0-7.
 // With BMI2 one pdep spreads them, as ggml's IQ1 kernels spread their indices (fast from Intel
 // Haswell and AMD Zen 3 on; microcoded on Zen 1/2). On the x86 JLCM3 dot product, which issues
-// about 50 instructions a block, the shifts and masks it replaces cost 7% (AMD host, 2026-12-07).
+// about 50 instructions a block, the shifts and masks it replaces cost 8% (AMD host, 2026-12-07).
 #if defined(__BMI2__)
 static inline uint64_t jlcm2_nibbles(const uint8_t * cb) { return _pdep_u64(jlcm_load16(cb), 0x0f0f0f0full); }
 static inline uint64_t jlcm2_nibbles_pair(const uint8_t * a, const uint8_t * b) {

@@ -189,15 +189,30 @@ def _bench_pass(runner: Runner, models: list[Path], threads, reps, prompt, gen) 
     return result
 
 
-def remeasure_speeds(runner: Runner, out: Path, dirs: list[Path], threads: int) -> dict:
-    """pp512/tg128 of every row of the JSON at `out` whose file is found in `dirs`, in one bench();
-    the other fields stay as measured."""
+def speed_files(out: Path, dirs: list[Path]) -> dict[str, Path]:
+    """Each row of the JSON at `out` -> its file, found in one of `dirs`; every row must have one."""
     doc = json.loads(out.read_text())
     found = {r["name"]: d / r["file"] for r in doc["rows"] for d in dirs if (d / r["file"]).exists()}
+    missing = [r for r in doc["rows"] if r["name"] not in found]
+    if missing:
+        # measuring the rest would leave speeds of two runs side by side in one table, unmarked
+        stock = ",".join(r["name"] for r in missing if r["kind"] == "stock")
+        jlcm = ",".join(r["name"] for r in missing if r["kind"] == "jlcm")
+        remake = " and ".join(f"`jlcm-gguf bench --types '{t}' --jlcm '{j}'`" for t, j in ((stock, ""), ("", jlcm))
+                              if t or j)
+        raise FileNotFoundError(f"--speed-only: no file for the rows {', '.join(r['name'] for r in missing)} in "
+                                f"{' or '.join(map(str, dirs))} (cleared from the cache, or made by other code); "
+                                f"remake and measure them with {remake}, then run --speed-only again")
+    return found
+
+
+def remeasure_speeds(runner: Runner, out: Path, found: dict[str, Path], threads: int) -> dict:
+    """pp512/tg128 of every row of the JSON at `out` (its file in `found`, speed_files()) in one bench();
+    the other fields stay as measured."""
+    doc = json.loads(out.read_text())
     speeds = bench(runner, list(found.values()), threads=threads)
     for r in doc["rows"]:
-        if r["name"] in found:
-            r.update(speeds[found[r["name"]]])
+        r.update(speeds[found[r["name"]]])
     doc["machine"] = machine_info()
     doc["commands"] += runner.commands
     return doc
@@ -348,14 +363,15 @@ def jlcm_entries(runner: Runner, model: Path, work: Path, names) -> list[Entry]:
 
 
 def merge_rows(path: Path, header: dict, rows: list[dict]) -> dict:
-    """Replace rows of the same name in an existing results file, keep the others (JLCM rows too)."""
+    """Replace rows of the same name in an existing results file where they stand (the table keeps its
+    order), append the new ones, keep the others (JLCM rows too)."""
     doc = json.loads(path.read_text()) if path.exists() else {}
-    names = {r["name"] for r in rows}
-    kept = [r for r in doc.get("rows", []) if r["name"] not in names]
+    new = {r["name"]: r for r in rows}
+    kept = [new.pop(r["name"], r) for r in doc.get("rows", [])]
     commands = [c for c in doc.get("commands", []) if c not in header.get("commands", [])]
     doc.update(header)
     doc["commands"] = commands + header.get("commands", [])
-    doc["rows"] = kept + rows
+    doc["rows"] = kept + list(new.values())
     cache.write_json(path, doc)
     return doc
 
@@ -456,9 +472,9 @@ def run(args, argv: list[str]) -> int:
         write_views(json.loads(args.out.read_text()), args.out)
         return 0
     if args.speed_only:
-        runner = Runner(llama_cpp.build(quiet=True))
         f16 = assets.f16_reference()
-        doc = remeasure_speeds(runner, args.out, [f16.parent, cache.cache_dir() / "bench" / "stock"], args.threads)
+        found = speed_files(args.out, [f16.parent, cache.cache_dir() / "bench" / "stock"])
+        doc = remeasure_speeds(Runner(llama_cpp.build(quiet=True)), args.out, found, args.threads)
         doc["commands"].append(shlex.join(argv))
         cache.write_json(args.out, doc)
         write_views(doc, args.out)

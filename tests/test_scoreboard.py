@@ -44,6 +44,8 @@ def test_merge_rows_keeps_other_rows_and_plot(tmp_path):
     doc = scoreboard.merge_rows(path, header, [{"name": "J", "kind": "jlcm", "bpw_linear": 2.5, "kld": 0.09}])
     assert [r["name"] for r in doc["rows"]] == ["A", "F16", "J"]
     assert json.loads(path.read_text()) == doc
+    doc = scoreboard.merge_rows(path, header, [{**row, "kld": 0.2}])      # measured again: in its place
+    assert [(r["name"], r["kld"]) for r in doc["rows"]] == [("A", 0.2), ("F16", 0.0), ("J", 0.09)]
     scoreboard.plot(doc, tmp_path / "board.png")
     assert (tmp_path / "board.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -98,3 +100,18 @@ def test_run_measured_reports_time_rss_and_output(capfd):
     assert "progress" in capfd.readouterr().err          # passed through as it came
     with pytest.raises(RuntimeError, match="boom"):
         scoreboard.run_measured([sys.executable, "-c", "raise SystemExit('boom')"], echo=True)
+
+
+def test_speed_only_refuses_rows_without_their_file(tmp_path):
+    """--speed-only measures every row in one run or none: a row whose file is gone (a cleared cache)
+    stops it with the command that remakes the file, rather than leaving two runs' speeds mixed."""
+    out = tmp_path / "board.json"
+    row = {"name": "IQ2_XS", "kind": "stock", "file": "no-such-file.gguf", "bpw_linear": 3.96, "kld": 0.4}
+    header = {"model": "m", "eval": {"text": "t.txt", "ctx": 512, "chunks": 60}, "commands": ["x"]}
+    scoreboard.merge_rows(out, header, [row, {**row, "name": "JLCM2", "kind": "jlcm"}])
+    before = out.read_bytes()
+    r = run_cli("bench", "--speed-only", "--out", out)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "IQ2_XS, JLCM2" in r.stderr and "--types 'IQ2_XS' --jlcm ''" in r.stderr \
+        and "--types '' --jlcm 'JLCM2'" in r.stderr
+    assert out.read_bytes() == before
