@@ -167,8 +167,8 @@ def distil_run(state: dict, run: dict) -> tuple[dict, dict, dict, list[float], f
 
 
 def plot_windows(doc: dict, out: Path) -> None:
-    """KLD against the number of distillation windows, one line per machine: the rows at the default learning
-    rate without biases (the `seqs` runs and their 64-window start)."""
+    """KLD against the number of distillation windows, one line per type and machine: the rows at the default
+    learning rate without biases (the `seqs` runs and their start)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -176,14 +176,14 @@ def plot_windows(doc: dict, out: Path) -> None:
     def tag(r: dict) -> str:
         return machine_tag(r.get("cpu", "AMD EPYC"))   # rows from before rows named their machine
 
-    lines: dict[str, list[tuple[int, float]]] = {}
+    lines: dict[tuple[str, str], list[tuple[int, float]]] = {}
     for r in doc["rows"]:
         if r.get("bias") is None and r["lr"] == distill.DistillSettings.lr and not r.get("epochs"):
-            lines.setdefault(tag(r), []).append((int(r.get("seqs") or r["calib_seqs"]), r["kld"]))
+            lines.setdefault((r["type"], tag(r)), []).append((int(r.get("seqs") or r["calib_seqs"]), r["kld"]))
     fig, ax = plt.subplots(figsize=(6.5, 4.5), dpi=120)
-    for machine, points in sorted(lines.items()):
+    for (qtype, machine), points in sorted(lines.items()):
         points.sort()
-        ax.plot(*zip(*points), marker="o", label=f"{doc['rows'][0]['type']}, layer-wise on {machine}")
+        ax.plot(*zip(*points), marker="o", label=f"{qtype}, layer-wise on {machine}")
         for n, kld in points:
             ax.annotate(f"{kld:.3f}", (n, kld), textcoords="offset points", xytext=(4, 4), fontsize=8)
     for r in doc["rows"]:
@@ -193,10 +193,11 @@ def plot_windows(doc: dict, out: Path) -> None:
                        label=f"{n} windows x {int(r['epochs'])} epochs ({tag(r)}), "
                              f"at its step count")
     stock = {r["name"]: r["kld"] for r in json.loads((RESULTS / "quantizer.json").read_text())["rows"]}
-    ax.axhline(stock["IQ2_XS"], color="tab:gray", linestyle=":", label=f"stock IQ2_XS file ({stock['IQ2_XS']:.3f})")
+    for name, style in (("IQ2_XS", ":"), ("Q4_0", "--")):      # the files JLCM2 and JLCM3 are to beat
+        ax.axhline(stock[name], color="tab:gray", linestyle=style, label=f"stock {name} file ({stock[name]:.3f})")
     ax.set_xscale("log", base=2)
     ax.set_xticks([64, 128, 256, 512, 1024], ["64", "128", "256", "512", "1024"])
-    ax.set_xlabel("distillation windows of 512 tokens, one step each (64 = the calibration's, the default)")
+    ax.set_xlabel("distillation windows of 512 tokens, one step each (default 128; 64 until 2026-12-07)")
     ax.set_ylabel(f"KLD vs float on {doc['eval']['text']}")
     ax.set_title("End-to-end distillation: more text")
     ax.grid(True, which="both", alpha=0.3)
