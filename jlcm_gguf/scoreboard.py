@@ -189,8 +189,8 @@ def _bench_pass(runner: Runner, models: list[Path], threads, reps, prompt, gen) 
     return result
 
 
-def speed_files(out: Path, dirs: list[Path]) -> dict[str, Path]:
-    """Each row of the JSON at `out` -> its file, found in one of `dirs`; every row must have one."""
+def speed_files(out: Path, dirs: list[Path]) -> tuple[dict, dict[str, Path]]:
+    """The JSON at `out`, and each of its rows -> its file, found in one of `dirs`; every row must have one."""
     doc = json.loads(out.read_text())
     found = {r["name"]: d / r["file"] for r in doc["rows"] for d in dirs if (d / r["file"]).exists()}
     missing = [r for r in doc["rows"] if r["name"] not in found]
@@ -203,13 +203,12 @@ def speed_files(out: Path, dirs: list[Path]) -> dict[str, Path]:
         raise FileNotFoundError(f"--speed-only: no file for the rows {', '.join(r['name'] for r in missing)} in "
                                 f"{' or '.join(map(str, dirs))} (cleared from the cache, or made by other code); "
                                 f"remake and measure them with {remake}, then run --speed-only again")
-    return found
+    return doc, found
 
 
-def remeasure_speeds(runner: Runner, out: Path, found: dict[str, Path], threads: int) -> dict:
-    """pp512/tg128 of every row of the JSON at `out` (its file in `found`, speed_files()) in one bench();
-    the other fields stay as measured."""
-    doc = json.loads(out.read_text())
+def remeasure_speeds(runner: Runner, doc: dict, found: dict[str, Path], threads: int) -> dict:
+    """pp512/tg128 of every row of `doc` (its file in `found`: speed_files()) in one bench(); the other
+    fields stay as measured."""
     speeds = bench(runner, list(found.values()), threads=threads)
     for r in doc["rows"]:
         r.update(speeds[found[r["name"]]])
@@ -473,8 +472,8 @@ def run(args, argv: list[str]) -> int:
         return 0
     if args.speed_only:
         f16 = assets.f16_reference()
-        found = speed_files(args.out, [f16.parent, cache.cache_dir() / "bench" / "stock"])
-        doc = remeasure_speeds(Runner(llama_cpp.build(quiet=True)), args.out, found, args.threads)
+        doc, found = speed_files(args.out, [f16.parent, cache.cache_dir() / "bench" / "stock"])
+        doc = remeasure_speeds(Runner(llama_cpp.build(quiet=True)), doc, found, args.threads)
         doc["commands"].append(shlex.join(argv))
         cache.write_json(args.out, doc)
         write_views(doc, args.out)
