@@ -23,6 +23,9 @@ A run is `key=value,...`:
            them here. The layer-wise stage still saw only --calib-seqs.
   epochs=E passes over the windows (default 1): 64 windows x 2 epochs take as
            many steps as seqs=128, so the two separate text from steps.
+  len=L    cut every window into 512/L windows of L tokens, each a step of its own (the float
+           model's hidden states computed again for them, on the shorter context): as many
+           tokens, 512/L times the steps, each about L/512 of the time.
   bf16=B   the distillation's matmuls in bfloat16 (1) or float32 (0); without it, bfloat16 where the
            CPU has it (DistillSettings.bf16, distill.native_bf16).
 
@@ -105,7 +108,8 @@ def variant_parser(doc: str, runs: str, out: Path) -> argparse.ArgumentParser:
 
 
 def parse_run(spec: str) -> dict:
-    return parse_spec(spec, {"lr": distill.DistillSettings.lr, "bias": None, "seqs": None, "epochs": None, "bf16": None})
+    return parse_spec(spec, {"lr": distill.DistillSettings.lr, "bias": None, "seqs": None, "epochs": None, "bf16": None,
+                             "len": None})
 
 
 def quantized_model(state: dict):
@@ -127,6 +131,11 @@ def more_data(state: dict, n_seqs: int) -> tuple[torch.Tensor, torch.Tensor]:
                                                   n_cached, 512, 0, n_more=max(0, n_seqs - n_cached))
     if not torch.equal(tokens[first], state["tokens"]):
         raise SystemExit("seqs=N: the cached calibration windows are not among the N drawn; was the cache made with another seed?")
+    return tokens, float_hidden(tokens)
+
+
+def float_hidden(tokens: torch.Tensor) -> torch.Tensor:
+    """The float model's final hidden states (before the final norm) for each window of `tokens`."""
     model = quantize._float_model(assets.hf_model_dir(), "cpu")
     caught = []
     hook = model.model.norm.register_forward_hook(lambda mod, args, out: caught.append(args[0].detach()))
@@ -134,7 +143,7 @@ def more_data(state: dict, n_seqs: int) -> tuple[torch.Tensor, torch.Tensor]:
         for t in tqdm(tokens.split(8), desc="float model on the windows", unit="batch", leave=False):
             model.model(t)
     hook.remove()
-    return tokens, torch.cat(caught)
+    return torch.cat(caught)
 
 
 def machine_tag(cpu: str) -> str:
@@ -156,6 +165,9 @@ def distil_run(state: dict, run: dict) -> tuple[dict, dict, dict, list[float], f
     tokens, hidden = state["tokens"], state["float_hidden"]
     if run["seqs"] is not None:
         tokens, hidden = more_data(state, int(run["seqs"]))
+    if run["len"] is not None:
+        tokens = tokens.reshape(-1, int(run["len"]))
+        hidden = float_hidden(tokens)
     t0 = time.time()
     _, norms, history = distill.distill(model, state["quantized"], tokens, hidden,
                                         distill.DistillSettings(lr=run["lr"], epochs=int(run["epochs"] or 1),
@@ -178,7 +190,7 @@ def plot_windows(doc: dict, out: Path) -> None:
 
     lines: dict[tuple[str, str], list[tuple[int, float]]] = {}
     for r in doc["rows"]:
-        if r.get("bias") is None and r["lr"] == distill.DistillSettings.lr and not r.get("epochs"):
+        if r.get("bias") is None and r["lr"] == distill.DistillSettings.lr and not r.get("epochs") and not r.get("len"):
             lines.setdefault((r["type"], tag(r)), []).append((int(r.get("seqs") or r["calib_seqs"]), r["kld"]))
     fig, ax = plt.subplots(figsize=(6.5, 4.5), dpi=120)
     for (qtype, machine), points in sorted(lines.items()):
@@ -192,6 +204,12 @@ def plot_windows(doc: dict, out: Path) -> None:
             ax.scatter([n * r["epochs"]], [r["kld"]], marker="D", facecolors="none", edgecolors="black", zorder=3,
                        label=f"{n} windows x {int(r['epochs'])} epochs ({tag(r)}), "
                              f"at its step count")
+    for r in doc["rows"]:
+        if r.get("len"):
+            n = int(r.get("seqs") or r["calib_seqs"])
+            ax.scatter([n], [r["kld"]], marker="s", facecolors="none", edgecolors="tab:red", zorder=3)
+            ax.annotate(f"{n} x 512 tokens as {int(r['len'])}-token windows: {r['kld']:.3f}", (n, r["kld"]),
+                        textcoords="offset points", xytext=(10, -10 if r["len"] >= 256 else 0), fontsize=7)
     stock = {r["name"]: r["kld"] for r in json.loads((RESULTS / "quantizer.json").read_text())["rows"]}
     for name, style in (("IQ2_XS", ":"), ("Q4_0", "--")):      # the files JLCM2 and JLCM3 are to beat
         ax.axhline(stock[name], color="tab:gray", linestyle=style, label=f"stock {name} file ({stock[name]:.3f})")
