@@ -70,6 +70,20 @@ class Result:
         return torch.from_numpy(pack.dequantize(self.qtype, self.blocks)).view(self.shape)
 
 
+def solve_spd(A: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """x with A[i] x[i] = b[i], for a batch of symmetric positive definite A (as fit_scales builds them):
+    Cholesky in float64. Not LU: after any torch.set_num_threads call, torch 2.13's batched LU on the CPU
+    runs MKL's getrf in parallel threads that corrupt each other's pivots, and matrices over about 150
+    wide (a 7B model's ffn_down has 172 blocks a row) come back wrong or fail (pytorch/pytorch#142815).
+    A member that float32 rounding of A has left indefinite is solved alone, by LU."""
+    A64, b64 = A.double(), b.double().unsqueeze(-1)
+    L, info = torch.linalg.cholesky_ex(A64)
+    x = torch.cholesky_solve(b64, L)
+    for i in torch.nonzero(info).flatten().tolist():
+        x[i] = torch.linalg.solve(A64[i], b64[i])
+    return x.squeeze(-1).to(A.dtype)
+
+
 def index_step(g, hdiag, s, C, groups, idx, rule: str, rho: float):
     """New indices from the loss gradient g = dL/dW^ (and the diagonal curvature hdiag = H_ii).
 
@@ -279,7 +293,7 @@ class JLCM:
             y = (q * WH[a:a + step]).sum(-1)
             lam = ridge * torch.diagonal(A, dim1=1, dim2=2).mean(1).clamp_min(1e-30)
             A = A + lam[:, None, None] * torch.eye(nb, dtype=A.dtype, device=A.device)
-            out[a:a + step] = torch.linalg.solve(A, (y + lam[:, None] * s0[a:a + step]).unsqueeze(-1)).squeeze(-1)
+            out[a:a + step] = solve_spd(A, y + lam[:, None] * s0[a:a + step])
         return out.reshape(-1)
 
     def fit_indices(self, w, H, s, C, groups, idx, rho):

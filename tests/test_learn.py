@@ -297,6 +297,37 @@ def test_scale_refit_is_the_least_squares_optimum(layer_data):
     assert torch.isclose(got[5 * 24 + 3], s[5 * 24 + 3])
 
 
+WIDE_REFIT = """
+import sys, torch
+from jlcm_gguf import learn, pack
+from jlcm_gguf.calibrate import Gram
+torch.set_num_threads(2)
+g = torch.Generator().manual_seed(0)
+w = torch.randn(16, 11008, generator=g) * 0.02
+h = Gram(factor=torch.randn(512, 11008, generator=g) / 512 ** 0.5)   # fewer tokens than inputs, as a 7B's
+q = learn.JLCM(pack.JLCM2, learn.Settings(n_groups=0))
+s, C, groups, idx = q.init(w, h)
+got = learn.JLCM.fit_scales(w, h, s, C, groups, idx).requires_grad_(True)
+loss = learn.JLCM.loss(w, learn.JLCM.dequant(got, C, groups, idx), h)
+loss.backward()
+norm = learn.JLCM.loss(w, torch.zeros_like(w), h)
+print(float(got.grad.norm() * got.detach().norm() / norm))
+"""
+
+
+def test_scale_refit_is_the_optimum_for_wide_rows_after_set_num_threads():
+    """A Llama-7B ffn_down row has 172 blocks: fit_scales solves 172-wide systems for many rows at once.
+    torch's batched LU gets those wrong once torch.set_num_threads has been called (pytorch#142815),
+    as a script driving the library may well do; the refit must still be the optimum. Random data:
+    the default model has no row of more than 24 blocks. In a child process, since the thread
+    setting stays for the rest of the process."""
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-c", WIDE_REFIT], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert float(r.stdout.split()[-1]) < 1e-5
+
+
 def test_learning_lowers_the_output_error_on_real_weights(layer_data):
     layer, H = layer_data
     w = layer.self_attn.q_proj.weight.data
