@@ -96,15 +96,41 @@ def index_step(g, hdiag, s, C, groups, idx, rule: str, rho: float):
     ste:      take the codeword minimizing  g delta  -- the straight-through pull grows with |delta|,
               so any index with a nonzero gradient jumps to an extreme codeword.
     """
-    return move_scores(g.unsqueeze(-1), hdiag.view(1, -1, 1), index_deltas(s, C, groups, idx), rule, rho).argmin(-1)
+    return best_moves(g, hdiag.view(1, -1), index_deltas(s, C, groups, idx), rule, rho)
+
+
+# Row chunks of the (rows, cols, K) work below hold about this many floats: a 7B's ffn_down has 45 M
+# weights, so one such tensor is 0.7 GB at K = 4 and 1.4 GB at K = 8, and unchunked the index step made
+# five at once (a JLCM2 layer's RSS peaked at 6.2 GB against 1.5 GB between layers).
+CHUNK_FLOATS = 1 << 25
+
+
+def _row_chunks(rows: int, per_row: int):
+    step = max(1, CHUNK_FLOATS // max(1, per_row))
+    return [(a, min(a + step, rows)) for a in range(0, rows, step)]
 
 
 def index_deltas(s, C, groups, idx):
     """(rows, cols, K): how far each weight moves if its index becomes codeword k."""
-    cb = C[groups].repeat_interleave(QK, dim=1)             # (rows, cols, K): each weight's codebook
-    cur = torch.gather(cb, 2, idx.unsqueeze(-1))            # (rows, cols, 1)
-    sw = s.repeat_interleave(QK).view_as(idx)               # (rows, cols)
-    return sw.unsqueeze(-1) * (cb - cur)
+    rows, cols = idx.shape
+    K = C.shape[-1]
+    sw = s.view(rows, -1)
+    out = torch.empty(rows, cols, K, dtype=torch.promote_types(s.dtype, C.dtype), device=s.device)
+    for a, b in _row_chunks(rows, cols * K):
+        cb = C[groups[a:b]].repeat_interleave(QK, dim=1)                # (chunk, cols, K): each weight's codebook
+        cur = torch.gather(cb, 2, idx[a:b].unsqueeze(-1))               # (chunk, cols, 1)
+        out[a:b] = sw[a:b].repeat_interleave(QK, dim=1).unsqueeze(-1) * (cb - cur)
+    return out
+
+
+def best_moves(g, hdiag, delta, rule: str, rho: float):
+    """Each weight's best codeword by move_scores: g and hdiag (rows or 1, cols), delta (rows, cols, K)."""
+    rows, cols, K = delta.shape
+    new = torch.empty(rows, cols, dtype=torch.long, device=delta.device)
+    for a, b in _row_chunks(rows, cols * K):
+        h = hdiag if hdiag.shape[0] == 1 else hdiag[a:b]
+        new[a:b] = move_scores(g[a:b].unsqueeze(-1), h.unsqueeze(-1), delta[a:b], rule, rho).argmin(-1)
+    return new
 
 
 def move_scores(g, hdiag, delta, rule: str, rho: float = 1.0):
@@ -301,10 +327,10 @@ class JLCM:
         w_hat = self.dequant(s, C, groups, idx)
         before = self.loss(w, w_hat, H)
         g = -2 * H.times(w - w_hat)
-        hdiag = H.diag().view(1, -1, 1)
+        hdiag = H.diag().view(1, -1)
         delta = index_deltas(s, C, groups, idx)             # index_step's, computed once for every rho tried
         for _ in range(6):
-            new = move_scores(g.unsqueeze(-1), hdiag, delta, self.cfg.update, rho).argmin(-1)
+            new = best_moves(g, hdiag, delta, self.cfg.update, rho)
             if self.loss(w, self.dequant(s, C, groups, new), H) < before:
                 return new, rho
             if self.cfg.update != "proximal":
