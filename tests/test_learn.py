@@ -328,6 +328,17 @@ def test_scale_refit_is_the_optimum_for_wide_rows_after_set_num_threads():
     assert float(r.stdout.split()[-1]) < 1e-5
 
 
+@pytest.mark.parametrize("qtype", [pack.JLCM2, pack.JLCM3], ids=lambda t: t.name)
+def test_index_step_in_row_chunks_gives_the_same_codes(layer_data, qtype, monkeypatch):
+    """The index step's (rows, cols, K) work runs in row chunks to bound a 7B layer's memory; chunks of
+    a few rows must give the bytes of one chunk for the whole tensor."""
+    layer, H = layer_data
+    w = layer.mlp.up_proj.weight.data[:256].float()
+    whole = learn.JLCM(qtype, learn.Settings()).quantize(w, H["mlp.up_proj"]).blocks
+    monkeypatch.setattr(learn, "CHUNK_FLOATS", 7 * 576 * qtype.n_codes)      # 7 rows a chunk, the last short
+    assert np.array_equal(learn.JLCM(qtype, learn.Settings()).quantize(w, H["mlp.up_proj"]).blocks, whole)
+
+
 def test_learning_lowers_the_output_error_on_real_weights(layer_data):
     layer, H = layer_data
     w = layer.self_attn.q_proj.weight.data
