@@ -122,8 +122,8 @@ def quantized_model(state: dict):
     return model
 
 
-def more_data(state: dict, n_seqs: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(tokens, float final hidden states before the final norm) for n_seqs calibration windows."""
+def more_windows(state: dict, n_seqs: int) -> torch.Tensor:
+    """The tokens of n_seqs calibration windows, the cached ones among them."""
     from transformers import AutoTokenizer
     calib = assets.joined_text(assets.CALIBRATION_NOVELS).read_text(encoding="utf-8")
     n_cached = state["tokens"].shape[0]
@@ -131,7 +131,7 @@ def more_data(state: dict, n_seqs: int) -> tuple[torch.Tensor, torch.Tensor]:
                                                   n_cached, 512, 0, n_more=max(0, n_seqs - n_cached))
     if not torch.equal(tokens[first], state["tokens"]):
         raise SystemExit("seqs=N: the cached calibration windows are not among the N drawn; was the cache made with another seed?")
-    return tokens, float_hidden(tokens)
+    return tokens
 
 
 def float_hidden(tokens: torch.Tensor) -> torch.Tensor:
@@ -164,9 +164,10 @@ def distil_run(state: dict, run: dict) -> tuple[dict, dict, dict, list[float], f
     extra = ({"params": list(biases.values()), "lr": run["lr"] * run["bias"]},) if biases else ()
     tokens, hidden = state["tokens"], state["float_hidden"]
     if run["seqs"] is not None:
-        tokens, hidden = more_data(state, int(run["seqs"]))
+        tokens = more_windows(state, int(run["seqs"]))
     if run["len"] is not None:
         tokens = tokens.reshape(-1, int(run["len"]))
+    if tokens is not state["tokens"]:
         hidden = float_hidden(tokens)
     t0 = time.time()
     _, norms, history = distill.distill(model, state["quantized"], tokens, hidden,

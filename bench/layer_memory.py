@@ -7,13 +7,14 @@ Runs quantize_model on the first --layers decoder layers of an HF model (no dist
 512-token calibration window, no sweeps or outer steps: bench/llama7b.py's CPU conversion), and
 records the anonymous RSS at each layer's start and its peak over the run. --chunk-floats sets
 learn.CHUNK_FLOATS (the index step's row chunks; 2**40 puts every tensor in one chunk, which holds
-about what the step held before it was chunked). --trim returns freed heap to the system (malloc_trim) before each layer. A row goes to
-bench/results/layer_memory.json.
+about what the step held before it was chunked). --trim returns freed heap to the system
+(malloc_trim) before each layer. A row goes to bench/results/layer_memory.json.
 """
 from __future__ import annotations
 
 import argparse
 import ctypes
+import os
 import shlex
 import sys
 import threading
@@ -28,13 +29,12 @@ sys.path.insert(0, str(ROOT))
 from jlcm_gguf import assets, calibrate, distill, learn, pack, quantize, scoreboard  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
+sys.path.insert(0, str(ROOT / "bench"))
+from rss_split import status  # noqa: E402
 
 
 def anon_gib() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("RssAnon:"):
-            return int(line.split()[1]) / 2 ** 20
-    return float("nan")
+    return status(os.getpid())["RssAnon"] / 2 ** 30
 
 
 def main() -> int:

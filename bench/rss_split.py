@@ -30,18 +30,26 @@ FIELDS = ("VmRSS", "RssAnon", "RssFile")
 
 
 def status(pid: int) -> dict | None:
-    """The process's name, its command line and the FIELDS in bytes; None once it is gone."""
+    """The FIELDS of a process, in bytes; None once it is gone."""
     try:
         text = Path(f"/proc/{pid}/status").read_text()
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return None
-    out = {"cmd": " ".join(a.decode(errors="replace") for a in argv[:3] if a)}
+    out = {}
     for line in text.splitlines():
         key, _, value = line.partition(":")
         if key in FIELDS:
             out[key] = int(value.split()[0]) * 1024
     return out
+
+
+def command(pid: int) -> str:
+    """The first three words of a process's command line ('' once it is gone)."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return ""
+    return " ".join(a.decode(errors="replace") for a in argv[:3] if a)
 
 
 def descendants(pid: int) -> list[int]:
@@ -67,7 +75,9 @@ def watch(cmd: list[str], interval: float = 0.2) -> tuple[int, float, dict[int, 
             s = status(pid)
             if s is None:
                 continue
-            p = peaks.setdefault(pid, {"cmd": s["cmd"], **{f: 0 for f in FIELDS}})
+            if pid not in peaks:
+                peaks[pid] = {"cmd": command(pid), **{f: 0 for f in FIELDS}}
+            p = peaks[pid]
             for f in FIELDS:
                 p[f] = max(p[f], s.get(f, 0))
         time.sleep(interval)

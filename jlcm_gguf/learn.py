@@ -96,7 +96,7 @@ def index_step(g, hdiag, s, C, groups, idx, rule: str, rho: float):
     ste:      take the codeword minimizing  g delta  -- the straight-through pull grows with |delta|,
               so any index with a nonzero gradient jumps to an extreme codeword.
     """
-    return best_moves(g, hdiag.view(1, -1), index_deltas(s, C, groups, idx), rule, rho)
+    return best_moves(g, hdiag, index_deltas(s, C, groups, idx), rule, rho)
 
 
 # Row chunks of the (rows, cols, K) work below hold about this many floats: a 7B's ffn_down has 45 M
@@ -124,12 +124,12 @@ def index_deltas(s, C, groups, idx):
 
 
 def best_moves(g, hdiag, delta, rule: str, rho: float):
-    """Each weight's best codeword by move_scores: g and hdiag (rows or 1, cols), delta (rows, cols, K)."""
+    """Each weight's best codeword by move_scores: g (rows, cols), hdiag (cols,), delta (rows, cols, K)."""
     rows, cols, K = delta.shape
+    h = hdiag.view(1, -1, 1)
     new = torch.empty(rows, cols, dtype=torch.long, device=delta.device)
     for a, b in _row_chunks(rows, cols * K):
-        h = hdiag if hdiag.shape[0] == 1 else hdiag[a:b]
-        new[a:b] = move_scores(g[a:b].unsqueeze(-1), h.unsqueeze(-1), delta[a:b], rule, rho).argmin(-1)
+        new[a:b] = move_scores(g[a:b].unsqueeze(-1), h, delta[a:b], rule, rho).argmin(-1)
     return new
 
 
@@ -327,7 +327,7 @@ class JLCM:
         w_hat = self.dequant(s, C, groups, idx)
         before = self.loss(w, w_hat, H)
         g = -2 * H.times(w - w_hat)
-        hdiag = H.diag().view(1, -1)
+        hdiag = H.diag()
         delta = index_deltas(s, C, groups, idx)             # index_step's, computed once for every rho tried
         for _ in range(6):
             new = best_moves(g, hdiag, delta, self.cfg.update, rho)
