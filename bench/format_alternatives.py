@@ -39,7 +39,7 @@ def stored_error(qtype: pack.JLCMType, settings: learn.Settings, w, H) -> float:
     q = learn.JLCM(qtype, settings)
     s, C, groups, idx = q.init(w, H)
     if settings.error_feedback:
-        idx = q.error_feedback_assign(w, H, s, C, groups)
+        idx = q.error_feedback_assign(w, H, s, C, groups, act_order=settings.act_order)
     s, C, idx, _ = q.learn(w, H, s, C, groups, idx)
     s, Cq, groups, idx = q.to_storage(w, H, s, C, groups, idx)
     return float(q.loss(w, q.dequant(s, Cq, groups, idx), H) / q.loss(w, torch.zeros_like(w), H))

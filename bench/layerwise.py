@@ -3,8 +3,10 @@
 
     python bench/layerwise.py sweeps   [--layers 1,5,11,20] [--calib-seqs 16]
     python bench/layerwise.py rotation [--layers 1,5,11,20] [--calib-seqs 16] [--type JLCM2]
+    python bench/layerwise.py order    [--layers 1,5,11,20] [--calib-seqs 16]
+    python bench/layerwise.py regroup  [--layers 1,5,11,20] [--calib-seqs 16]
 
-Both report the relative output error L(W^)/tr(W H W^T) of the JLCM learner
+All report the relative output error L(W^)/tr(W H W^T) of the JLCM learner
 on each layer's linears, H from float activations of the calibration novels.
 
 sweeps: the column-by-column index sweeps after storage (`Settings.sweeps`,
@@ -20,7 +22,16 @@ same learner quantizes the original and the rotated weight, each against its
 own H from the same calibration tokens; Q being orthogonal, the relative
 errors compare directly.
 
-Results: bench/results/sweeps.json, bench/results/rotation.json.
+order: the error feedback's walk over the columns as they come, or by falling
+H_ii (GPTQ's act order, `Settings.act_order`), both types, full learner.
+
+regroup: the paper's neuron re-ordering, applied to the input columns of
+ffn_down (a permutation of the intermediate neurons, folded into the rows of
+gate and up, changes no function): columns sorted by their weight RMS, by
+H_ii, or by the product of the two's square roots, so that a 64-weight block
+holds columns of like scale or importance. Both types.
+
+Results: bench/results/LEVER.json.
 """
 from __future__ import annotations
 
@@ -93,23 +104,28 @@ def max_logit_gap(a: Path, b: Path) -> float:
 
 
 def errors(hf: Path, tokens, layers: list[int], tensors, variants: dict) -> dict:
-    """{(layer, tensor, variant): (relative error, seconds)}; variants: name -> (type, Settings)."""
+    """{(layer, tensor, variant): (relative error, seconds)}; variants: name -> (type, Settings) or
+    (type, Settings, key), key(w, H) giving the columns' sort key (regroup)."""
     stream = calibrate.LayerStream(hf)
     out = {}
     for i, layer, H in calibrate.float_layers(stream, stream.embed(tokens), layers):
         for name in tensors:
             w = layer.get_submodule(name).weight.data.float()
-            for v, (qtype, settings) in variants.items():
+            for v, (qtype, settings, *key) in variants.items():
+                h = H[name]
+                if key:
+                    p = torch.argsort(key[0](w, h), stable=True)
+                    w, h = w[:, p], h[p][:, p]
                 t0 = time.perf_counter()
-                out[i, name, v] = (learn.JLCM(qtype, settings).quantize(w, H[name]).rel_error,
-                                   time.perf_counter() - t0)
+                out[i, name, v] = (learn.JLCM(qtype, settings).quantize(w, h).rel_error, time.perf_counter() - t0)
+                w = layer.get_submodule(name).weight.data.float()
                 print(hf.name, i, name, v, *(round(x, 6) for x in out[i, name, v]), flush=True)
     return out
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("lever", choices=("sweeps", "rotation"))
+    p.add_argument("lever", choices=("sweeps", "rotation", "order", "regroup"))
     p.add_argument("--layers", default="1,5,11,20")
     p.add_argument("--calib-seqs", type=int, default=16)
     p.add_argument("--type", default="JLCM2", choices=sorted(pack.TYPES), help="rotation: the type measured")
@@ -130,6 +146,19 @@ def main() -> int:
         err = errors(hf, tokens, layers, SWEEP_TENSORS, variants)
         rows = [{"layer": i, "tensor": n, "type": t, "sweeps": k, "rel_error": round(e, 7), "seconds": round(sec, 2)}
                 for (i, n, (t, k)), (e, sec) in err.items()]
+    elif args.lever == "order":
+        variants = {(t.name, a): (t, learn.Settings(act_order=a)) for t in (pack.JLCM2, pack.JLCM3) for a in (False, True)}
+        err = errors(hf, tokens, layers, TENSORS, variants)
+        rows = [{"layer": i, "tensor": n, "type": t, "act_order": a, "rel_error": round(e, 7), "seconds": round(sec, 2)}
+                for (i, n, (t, a)), (e, sec) in err.items()]
+    elif args.lever == "regroup":
+        keys = {"as they come": None, "weight rms": lambda w, h: w.pow(2).mean(0),
+                "H_ii": lambda w, h: torch.diagonal(h), "rms x H_ii": lambda w, h: w.pow(2).mean(0) * torch.diagonal(h)}
+        variants = {(t.name, k): (t, learn.Settings(), *([f] if f else [])) for t in (pack.JLCM2, pack.JLCM3)
+                    for k, f in keys.items()}
+        err = errors(hf, tokens, layers, ("mlp.down_proj",), variants)
+        rows = [{"layer": i, "tensor": n, "type": t, "columns sorted by": k, "rel_error": round(e, 7)}
+                for (i, n, (t, k)), (e, _) in err.items()]
     else:
         qtype = pack.TYPES[args.type]
         rot = rotated_model(hf, args.seed)

@@ -25,14 +25,14 @@ static int nearest(float z, const float * cb, int K) {
     return best;
 }
 
-void jlcm_walk_feedback(int64_t rows, int width, int64_t col0, int K, int qk,
+void jlcm_walk_feedback(int64_t rows, int width, const int64_t * col_block, int K,
                         float * W, int64_t ld_w, const float * S, int64_t nb, const float * CB,
                         const float * U, int64_t ld_u, int64_t * idx, int64_t ld_idx,
                         float * err, int64_t ld_err) {
     for (int64_t r = 0; r < rows; r++) {
         float * w = W + r * ld_w;
         for (int j = 0; j < width; j++) {
-            const int64_t blk = (col0 + j) / qk;
+            const int64_t blk = col_block[j];
             const float s = S[r * nb + blk];
             const float * cb = CB + (r * nb + blk) * K;
             const int k = nearest(w[j] / s, cb, K);

@@ -17,12 +17,14 @@
 extern "C" {
 #endif
 
-// The error-feedback assignment over columns col0 .. col0 + width - 1 (JLCM._walk_block).
+// The error-feedback assignment over one block of `width` columns, in the walk's order (JLCM._walk_block).
+//   col_block (width):  the block column (scale and codebook) of each walked column; the walk may go
+//                       in another order than the weight's (act order), so it is not col / 64
 //   W   (rows, ld_w):   the block's columns after the earlier blocks' feedback; overwritten
 //   S   (rows, nb):     block scales;  CB (rows, nb, K): each row's codebooks per block column
 //   U   (width, ld_u):  the block's corner of the upper Cholesky factor of H^-1
 //   idx (rows, ld_idx): receives the indices; err (rows, ld_err): the scaled errors
-void jlcm_walk_feedback(int64_t rows, int width, int64_t col0, int K, int qk,
+void jlcm_walk_feedback(int64_t rows, int width, const int64_t * col_block, int K,
                         float * W, int64_t ld_w, const float * S, int64_t nb, const float * CB,
                         const float * U, int64_t ld_u, int64_t * idx, int64_t ld_idx,
                         float * err, int64_t ld_err);

@@ -41,7 +41,7 @@ void gemv_jlcm2x8_q8_0(int n, float * s, size_t bs, const void * vx, const void 
 int  repack_jlcm3x8(void * dst, const block_jlcm3 * src, int64_t nrows, int64_t n);
 void gemv_jlcm3x8_q8_0_ref(int n, float * s, size_t bs, const void * vx, const void * vy, int nr, int nc);
 void gemv_jlcm3x8_q8_0(int n, float * s, size_t bs, const void * vx, const void * vy, int nr, int nc);
-void jlcm_walk_feedback(int64_t rows, int width, int64_t col0, int K, int qk,
+void jlcm_walk_feedback(int64_t rows, int width, const int64_t * col_block, int K,
                         float * W, int64_t ld_w, const float * S, int64_t nb, const float * CB,
                         const float * U, int64_t ld_u, int64_t * idx, int64_t ld_idx,
                         float * err, int64_t ld_err);

@@ -141,19 +141,28 @@ class Gram:
             return self         # keeps what is cached on it
         return Gram(*(None if t is None else t.to(device) for t in (self.h, self.factor)))
 
-    def feedback_factor(self, damp: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """(dead, U) for the error feedback: the inputs that are never nonzero, and the upper Cholesky
-        factor of (H + damp * mean(diag H) * I)^-1 with the dead inputs' diagonal set to 1. Cached: the
-        linears that share an input (q/k/v, gate/up) and the assignment's two walks per linear need one."""
-        if damp not in self._feedback:
-            H = self.full().clone()
+    def feedback_factor(self, damp: float, act_order: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(order, dead, U) for the error feedback: the order its walk takes the inputs in (act_order:
+        by falling H_ii, GPTQ's act order; else as they come), and in that order the inputs that are
+        never nonzero and the upper Cholesky factor of (H + damp * mean(diag H) * I)^-1 with the dead
+        inputs' diagonal set to 1. Cached: the linears that share an input (q/k/v, gate/up) and the
+        assignment's two walks per linear need one."""
+        key = damp, act_order
+        if key not in self._feedback:
+            H = self.full()
             cols = H.shape[0]
+            if act_order:       # stable: equal diagonals (dead inputs) keep their order, so the bytes are fixed
+                order = torch.argsort(torch.diagonal(H), descending=True, stable=True)
+                H = H[order][:, order]
+            else:
+                order = torch.arange(cols, device=H.device)
+                H = H.clone()
             dead = torch.diagonal(H) == 0
             H[dead, dead] = 1
             H += damp * torch.diagonal(H).mean() * torch.eye(cols, dtype=H.dtype, device=H.device)
             L = torch.linalg.cholesky(H)
-            self._feedback[damp] = dead, torch.linalg.cholesky(torch.cholesky_inverse(L), upper=True).contiguous()
-        return self._feedback[damp]
+            self._feedback[key] = order, dead, torch.linalg.cholesky(torch.cholesky_inverse(L), upper=True).contiguous()
+        return self._feedback[key]
 
     def full(self) -> torch.Tensor:
         return self.h if self.h is not None else self.factor.T @ self.factor

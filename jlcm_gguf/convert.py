@@ -242,8 +242,8 @@ def convert(model: Path, out: Path, opts: Options) -> tuple[list[Row], list[str]
     metadata = {
         "jlcm.format_version": gguf_write.FORMAT_VERSION,
         "jlcm.types": sorted({t for t in types.values()}),
-        "jlcm.method": "grouped codebooks + proximal index updates, layer-wise output loss; "
-                       "block scales and norms distilled against the float model",
+        "jlcm.method": "grouped codebooks, error feedback in act order + proximal index updates, layer-wise "
+                       "output loss; block scales and norms distilled against the float model",
         "jlcm.outer_steps": plan.settings.outer_steps,
         "jlcm.sweeps": plan.settings.sweeps,
         "jlcm.guide": plan.settings.guide,

@@ -31,8 +31,8 @@ def available() -> bool:
 
 if triton is not None:
     @triton.jit
-    def _walk(W, S, CB, U, IDX, ERR, rows, col0, ld_w, ld_s, ld_cb, ld_u, ld_idx, ld_err,
-              K: tl.constexpr, QK: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr):
+    def _walk(W, S, CB, U, BLK, IDX, ERR, rows, ld_w, ld_s, ld_cb, ld_u, ld_idx, ld_err,
+              K: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr):
         # BC: the block's width (64 or 128: a compiled variant each)
         r = tl.program_id(0) * BR + tl.arange(0, BR)
         live = r < rows
@@ -41,7 +41,7 @@ if triton is not None:
         tile = tl.load(W + r[:, None] * ld_w + c[None, :], mask=live[:, None], other=0.0)
         for j in range(BC):
             col = tl.sum(tl.where(c[None, :] == j, tile, 0.0), axis=1)      # exact: one term is nonzero
-            blk = (col0 + j) // QK
+            blk = tl.load(BLK + j)
             s = tl.load(S + r * ld_s + blk, mask=live, other=1.0)
             cb = tl.load(CB + r[:, None] * ld_cb + blk * K + kk[None, :], mask=live[:, None], other=0.0)
             k = tl.argmin(tl.abs((col / s)[:, None] - cb), axis=1)          # first of equals, as torch
@@ -53,10 +53,11 @@ if triton is not None:
             tl.store(ERR + r * ld_err + j, e, mask=live)
 
 
-def walk_block(Wb: torch.Tensor, s: torch.Tensor, cbs: torch.Tensor, Ub: torch.Tensor, col0: int, qk: int,
+def walk_block(Wb: torch.Tensor, s: torch.Tensor, cbs: torch.Tensor, Ub: torch.Tensor, col_block: torch.Tensor,
                idx: torch.Tensor) -> torch.Tensor:
-    """Assign the columns of Wb (rows, width 64 or 128; the weights at columns col0.. after the earlier
-    blocks' feedback). s: (rows, blocks) scales, cbs: (rows, blocks, K) codebooks, Ub: this block's
+    """Assign the columns of Wb (rows, width 64 or 128; the walk's next columns after the earlier
+    blocks' feedback), col_block (width,) int64 their block columns. s: (rows, blocks) scales, cbs:
+    (rows, blocks, K) codebooks, Ub: this block's
     (width, width) corner of the upper Cholesky factor of H^-1. Writes the indices into idx (rows,
     width; int64) and returns the scaled errors (rows, width) the later blocks take."""
     rows, width = Wb.shape
@@ -65,6 +66,6 @@ def walk_block(Wb: torch.Tensor, s: torch.Tensor, cbs: torch.Tensor, Ub: torch.T
     s, cbs = s.contiguous(), cbs.contiguous()
     err = torch.empty(rows, width, dtype=Wb.dtype, device=Wb.device)
     _walk[(triton.cdiv(rows, ROWS),)](
-        Wb, s, cbs, Ub, idx, err, rows, col0, Wb.stride(0), s.stride(0), cbs.stride(0), Ub.stride(0),
-        idx.stride(0), err.stride(0), K=cbs.shape[2], QK=qk, BR=ROWS, BC=width)
+        Wb, s, cbs, Ub, col_block.contiguous(), idx, err, rows, Wb.stride(0), s.stride(0), cbs.stride(0),
+        Ub.stride(0), idx.stride(0), err.stride(0), K=cbs.shape[2], BR=ROWS, BC=width)
     return err

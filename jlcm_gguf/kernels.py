@@ -146,16 +146,21 @@ def _walk_args(S, CB, K_max=16):
     return rows, nb, K, ffi.cast("float *", S.ctypes.data), ffi.cast("float *", CB.ctypes.data)
 
 
-def walk_feedback(W, S, CB, U, col0: int, qk: int, idx, err) -> None:
-    """learn.JLCM._walk_block in C: assigns columns col0.. of the block W (rows, width), in place.
-    S (rows, blocks) scales, CB (rows, blocks, K) codebooks, U the block's (width, width) corner of
-    the Cholesky factor; writes idx (rows, width; int64) and err (rows, width)."""
+def walk_feedback(W, S, CB, U, col_block, idx, err) -> None:
+    """learn.JLCM._walk_block in C: assigns the columns of the block W (rows, width), in place, in their
+    order there. col_block (width,) int64: each column's block column in S and CB. S (rows, blocks)
+    scales, CB (rows, blocks, K) codebooks, U the block's (width, width) corner of the Cholesky factor;
+    writes idx (rows, width; int64) and err (rows, width)."""
     rows, nb, K, s, cb = _walk_args(S, CB)
     w, ld_w = _rows(W, np.float32, "float *", "W")
     u, ld_u = _rows(U, np.float32, "float *", "U")
     i, ld_i = _rows(idx, np.int64, "int64_t *", "idx")
     e, ld_e = _rows(err, np.float32, "float *", "err")
-    lib.jlcm_walk_feedback(rows, W.shape[1], col0, K, qk, w, ld_w, s, nb, cb, u, ld_u, i, ld_i, e, ld_e)
+    col_block = np.ascontiguousarray(col_block, dtype=np.int64)
+    if col_block.shape != (W.shape[1],) or col_block.min(initial=0) < 0 or col_block.max(initial=0) >= nb:
+        raise ValueError(f"walk: col_block must give each of the {W.shape[1]} columns a block column below {nb}")
+    lib.jlcm_walk_feedback(rows, W.shape[1], ffi.cast("int64_t *", col_block.ctypes.data), K, w, ld_w, s, nb, cb,
+                           u, ld_u, i, ld_i, e, ld_e)
 
 
 def walk_sweep(what, EHb, S, CB, H, hd, col0: int, qk: int, proximal: bool, idx, D) -> None:

@@ -33,6 +33,7 @@ class Settings:
     lr: float = 3e-3
     update: str = "proximal"    # "proximal" | "ste" | "none" (k-means only)
     error_feedback: bool = True # GPTQ-style column-by-column first assignment
+    act_order: bool = True      # ... walking the columns by falling H_ii (GPTQ's act order)
     rho: float = 1.0            # proximal weight; doubled whenever a step would raise the loss
     sweeps: int = 3             # column-by-column index sweeps against the stored (int4) codebooks
     code_bits: int = 4          # stored codebook entries; the formats hold 4 (8 is measured in bench/)
@@ -221,49 +222,57 @@ class JLCM:
         return weighted_kmeans_1d_rows(x.view(G * nb, n), imp.view(G * nb, n), K).view(G, nb, K)
 
     @staticmethod
-    def error_feedback_assign(w, H, s, C, groups, damp=0.01, block=128, gpu_walk=None, c_walk=None):
+    def error_feedback_assign(w, H, s, C, groups, damp=0.01, block=128, gpu_walk=None, c_walk=None,
+                              act_order=True):
         """Indices chosen column by column, each column's output error pushed onto the columns not yet
         assigned (GPTQ's update through the Cholesky factor of H^-1), with the group codebooks as grid.
-        gpu_walk: walk each block's columns in one Triton kernel (default: on CUDA tensors, when Triton
-        is installed; see feedback_triton). c_walk: walk them in C (default: float32 on the CPU; the
-        same bits as the eager loop, _walk_block)."""
+        act_order: walk the columns by falling H_ii (GPTQ's act order), so the inputs that matter most are
+        assigned first and the later, cheaper ones absorb their errors; every column keeps its own block's
+        scale and codebook. gpu_walk: walk each block's columns in one Triton kernel (default: on CUDA
+        tensors, when Triton is installed; see feedback_triton). c_walk: walk them in C (default: float32
+        on the CPU; the same bits as the eager loop, _walk_block)."""
         rows, cols = w.shape
         if gpu_walk is None:
             gpu_walk = w.is_cuda and feedback_triton.available()
         if c_walk is None:
             c_walk = _c_walk_ok(w)
-        dead, U = H.feedback_factor(damp)
-        W = w.clone()
+        order, dead, U = H.feedback_factor(damp, act_order)
+        W = w[:, order]                                                 # a copy, in the walk's order
         W[:, dead] = 0
+        col_block = (order // QK).contiguous()                          # each walked column's block column
         sb = s.view(rows, -1).contiguous()                              # (rows, block columns)
         cbs = C[groups].contiguous()                                    # (rows, block columns, K)
-        idx = torch.empty(rows, cols, dtype=torch.long, device=w.device)
+        idx = torch.empty(rows, cols, dtype=torch.long, device=w.device)    # in the walk's order
         for a in range(0, cols, block):
             b = min(a + block, cols)
             if gpu_walk:
-                Err = feedback_triton.walk_block(W[:, a:b], sb, cbs, U[a:b, a:b].contiguous(), a, QK, idx[:, a:b])
+                Err = feedback_triton.walk_block(W[:, a:b], sb, cbs, U[a:b, a:b].contiguous(), col_block[a:b],
+                                                 idx[:, a:b])
             elif c_walk:
                 Err = torch.empty(rows, b - a, dtype=w.dtype)
-                kernels.walk_feedback(W[:, a:b].numpy(), sb.numpy(), cbs.numpy(), U[a:b, a:b].numpy(), a, QK,
-                                      idx[:, a:b].numpy(), Err.numpy())
+                kernels.walk_feedback(W[:, a:b].numpy(), sb.numpy(), cbs.numpy(), U[a:b, a:b].numpy(),
+                                      col_block[a:b].numpy(), idx[:, a:b].numpy(), Err.numpy())
             else:
-                Err = JLCM._walk_block(W[:, a:b], sb, cbs, U, a, b, idx)
+                Err = JLCM._walk_block(W[:, a:b], sb, cbs, U, a, b, col_block, idx)
             W[:, b:] -= Err @ U[a:b, b:]
-        return idx
+        out = torch.empty_like(idx)
+        out[:, order] = idx
+        return out
 
     @staticmethod
-    def _walk_block(Wb, sw, cbs, U, a, b, idx):
-        """Columns a..b-1 of the error feedback, one at a time; returns their scaled errors.
-        sw: (rows, block columns) scales."""
+    def _walk_block(Wb, sw, cbs, U, a, b, col_block, idx):
+        """Columns a..b-1 of the error feedback's walk, one at a time; returns their scaled errors.
+        sw: (rows, block columns) scales; col_block: each walked column's block column."""
         Wb = Wb.clone()
         Err = torch.zeros_like(Wb)
         for j in range(b - a):
             c = a + j
             col = Wb[:, j]
-            cb = cbs[:, c // QK]
-            k = ((col / sw[:, c // QK]).unsqueeze(1) - cb).abs().argmin(1)
+            blk = int(col_block[c])
+            cb = cbs[:, blk]
+            k = ((col / sw[:, blk]).unsqueeze(1) - cb).abs().argmin(1)
             idx[:, c] = k
-            q = sw[:, c // QK] * cb.gather(1, k[:, None]).squeeze(1)
+            q = sw[:, blk] * cb.gather(1, k[:, None]).squeeze(1)
             e = (col - q) / U[c, c]
             Wb[:, j:] -= e[:, None] * U[c, c:b][None, :]
             Err[:, j] = e
@@ -371,7 +380,7 @@ class JLCM:
         s = self.fit_scales(w, H, s, Cq, groups, idx)
         if self.cfg.error_feedback:
             # rounding can merge codewords; reassigning against the grid codebook repairs that
-            redo = self.error_feedback_assign(w, H, s, Cq, groups)
+            redo = self.error_feedback_assign(w, H, s, Cq, groups, act_order=self.cfg.act_order)
             if self.loss(w, self.dequant(s, Cq, groups, redo), H) < self.loss(w, self.dequant(s, Cq, groups, idx), H):
                 idx = redo
         if self.cfg.update != "none":
@@ -480,7 +489,7 @@ class JLCM:
         rows, cols = w.shape
         s, C, groups, idx = self.init(w, H)
         if self.cfg.error_feedback:
-            idx = self.error_feedback_assign(w, H, s, C, groups)
+            idx = self.error_feedback_assign(w, H, s, C, groups, act_order=self.cfg.act_order)
         s, C, idx, history = self.learn(w, H, s, C, groups, idx)
         s, Cq, groups, idx = self.to_storage(w, H, s, C, groups, idx)
         nb = rows * cols // QK

@@ -385,17 +385,42 @@ def test_c_column_walks_equal_the_eager_loops(layer_data, qtype, name):
         assert torch.equal(learn.JLCM.sweep_indices(w, h, s, C, groups, eager, rule, c_walk=True), want)
 
 
+@pytest.mark.parametrize("c_walk", [False, True], ids=["eager", "C"])
+def test_error_feedback_in_act_order_keeps_each_column_on_its_own_block(c_walk):
+    """With a diagonal H no error is fed forward, so the walk must pick each weight's nearest codeword
+    in its own block's codebook, whatever order act order walks the columns in (here, H_ii shuffled,
+    two columns dead): a walk that took a column's block from its place in the walk would not."""
+    g = torch.Generator().manual_seed(3)
+    rows, cols, K = 8, 256, 8
+    w = torch.randn(rows, cols, generator=g)
+    hd = torch.rand(cols, generator=g) + 0.1
+    hd[[5, 70]] = 0
+    s = torch.rand(rows * cols // 64, generator=g) + 0.5
+    C = torch.sort(torch.randn(rows, cols // 64, K, generator=g) * 2, dim=-1).values
+    groups = torch.arange(rows)
+    got = learn.JLCM.error_feedback_assign(w, calibrate.Gram(torch.diag(hd)), s, C, groups, c_walk=c_walk)
+    z = w.view(rows, cols // 64, 64) / s.view(rows, cols // 64, 1)
+    want = (z.unsqueeze(-1) - C.unsqueeze(2)).abs().argmin(-1).view(rows, cols)
+    live = hd > 0
+    assert torch.equal(got[:, live], want[:, live])
+    order, _, _ = calibrate.Gram(torch.diag(hd)).feedback_factor(0.01, act_order=True)
+    assert torch.equal(hd[order], torch.sort(hd, descending=True).values)
+
+
 def test_c_column_walks_refuse_arrays_they_cannot_read():
     from jlcm_gguf import kernels
     S, CB = np.ones((4, 1), np.float32), np.zeros((4, 1, 4), np.float32)
     U, idx, err = np.eye(64, dtype=np.float32), np.zeros((4, 64), np.int64), np.zeros((4, 64), np.float32)
+    cols = np.zeros(64, np.int64)
     with pytest.raises(ValueError, match="W: need a 2-D float32"):
-        kernels.walk_feedback(np.zeros((4, 64)), S, CB, U, 0, 64, idx, err)           # float64
+        kernels.walk_feedback(np.zeros((4, 64)), S, CB, U, cols, idx, err)           # float64
     with pytest.raises(ValueError, match="U: need a 2-D float32 array with contiguous rows"):
         strided = np.eye(64, 128, dtype=np.float32)[:, ::2]
-        kernels.walk_feedback(np.zeros((4, 64), np.float32), S, CB, strided, 0, 64, idx, err)
+        kernels.walk_feedback(np.zeros((4, 64), np.float32), S, CB, strided, cols, idx, err)
     with pytest.raises(ValueError, match="K <= 16"):
-        kernels.walk_feedback(np.zeros((4, 64), np.float32), S, np.zeros((4, 1, 32), np.float32), U, 0, 64, idx, err)
+        kernels.walk_feedback(np.zeros((4, 64), np.float32), S, np.zeros((4, 1, 32), np.float32), U, cols, idx, err)
+    with pytest.raises(ValueError, match="col_block must give each of the 64 columns a block column below 1"):
+        kernels.walk_feedback(np.zeros((4, 64), np.float32), S, CB, U, cols + 1, idx, err)
 
 
 GPU_WALK = """
