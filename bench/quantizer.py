@@ -48,6 +48,8 @@ def variants():
         "main": {
             "JLCM2": ("default (a group per row)", J2, J2, Settings(), full),
             "JLCM3": ("default (16 groups)", J3, J3, Settings(), full),
+            "JLCM2 sequential": ("default, and o's and down's inputs measured after q/k/v and gate/up hold their codes",
+                                 J2, J2, Settings(sequential=True), full),
             "JLCM2-ffn_down": ("default (a group per row)", J2, None, Settings(), full),
             "JLCM2-ffn_down 16 groups": ("16 groups (the default before a group per row)", J2, None,
                                          Settings(n_groups=16), full),

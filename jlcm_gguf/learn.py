@@ -40,6 +40,7 @@ class Settings:
     round_per: str = "block"    # "block" | "group": whose codebook values share one int grid
     target: str = "own"         # "own": W X^T; "float": the float model's output W X_f^T (see float_target)
     guide: float = 0.0          # weight tokens by the end loss's output gradients (calibrate.token_weights); 0: off
+    sequential: bool = False    # the model loop measures o's input after q/k/v hold their codes, down's after gate/up
     seed: int = 0
 
 

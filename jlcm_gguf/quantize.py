@@ -12,7 +12,7 @@ import torch
 from tqdm import tqdm
 
 from . import pack
-from .calibrate import (LINEARS, LayerStream, calibration_windows, collect_cross_moments, collect_hessians,
+from .calibrate import (LINEARS, SHARED_INPUTS, LayerStream, calibration_windows, collect_cross_moments, collect_hessians,
                         output_energy, token_weights)
 from .distill import DistillSettings, distill
 from .learn import JLCM, Result, Settings, float_target
@@ -93,15 +93,17 @@ def quantize_model(hf_dir: Path, calib_text: str, plan: Plan, n_seqs: int = 32, 
             float_hidden = stream.run(layer, float_hidden)
         if i < last:
             plan.hold(layer, i)
+        measure = lambda: _on_device(collect_hessians(        # noqa: E731
+            stream, layer, hidden, gram=True,
+            weights=None if weights is None else {n: weights[(i, n)] for n in LINEARS}), device=device)[0]
         if any(chosen.values()) and not cross:
-            # after hold(): the inputs come through the weights the file holds
-            hess = collect_hessians(stream, layer, hidden, gram=True,
-                                    weights=None if weights is None else {n: weights[(i, n)] for n in LINEARS})
-        on_device = {id(h): h.to(device) for h in [*hess.values(), *cross.values()]}   # shared inputs stay shared
-        hess, cross = ({n: on_device[id(h)] for n, h in d.items()} for d in (hess, cross))
+            hess = measure()    # after hold(): the inputs come through the weights the file holds
+        hess, cross = _on_device(hess, cross, device=device)
         for name, qtype in chosen.items():
             if qtype is None:
                 continue
+            if plan.settings.sequential and not cross and name in SHARED_INPUTS and name != LINEARS[0]:
+                hess = measure()    # this input comes after linears of this layer that now hold their codes
             lin = layer.get_submodule(name)
             bar.set_postfix_str(f"{name.split('.')[-1]} {qtype.name}")
             w = lin.weight.data.to(device).float()
@@ -130,6 +132,12 @@ def quantize_model(hf_dir: Path, calib_text: str, plan: Plan, n_seqs: int = 32, 
         res.dequantized = model.get_submodule(name.removesuffix(".weight")).weight.detach().cpu()
     seconds["distill"] = time.time() - t1
     return Quantized(results, norms, history, seconds)
+
+
+def _on_device(*dicts: dict, device: str) -> tuple[dict, ...]:
+    """Each dict's values moved to `device`, a value shared by several names (q/k/v, gate/up) moved once."""
+    moved = {id(h): h.to(device) for d in dicts for h in d.values()}
+    return tuple({n: moved[id(h)] for n, h in d.items()} for d in dicts)
 
 
 def _float_model(hf_dir: Path, device: str):

@@ -478,6 +478,43 @@ def test_model_loop_quantizes_layer_by_layer():
     assert 0 < ((down.weight - w).norm() / w.norm()).item() < 0.5
 
 
+@pytest.mark.parametrize("sequential", [False, True])
+def test_sequential_measures_o_and_down_inputs_after_the_codes(monkeypatch, sequential):
+    """Settings.sequential: o_proj learns on the input its layer gives once q/k/v hold their codes, and
+    down_proj on the input after gate/up do too; without it, both on the layer's float-weight inputs."""
+    from jlcm_gguf import quantize
+    from jlcm_gguf.calibrate import LayerStream, calibration_tokens, collect_hessians
+    from jlcm_gguf.distill import DistillSettings
+    from transformers import AutoTokenizer
+    hf = assets.hf_model_dir()
+    text = assets.text_file("emma").read_text(encoding="utf-8")
+    seen = []
+    real = learn.JLCM.quantize
+    monkeypatch.setattr(learn.JLCM, "quantize", lambda self, w, H: seen.append(H.full().clone()) or real(self, w, H))
+    plan = quantize.Plan(lambda i, name: pack.JLCM2, learn.Settings(outer_steps=1, adam_steps=2, sweeps=0,
+                                                                     sequential=sequential), DistillSettings(epochs=0))
+    res = quantize.quantize_model(hf, text, plan, n_seqs=2, seq_len=128, quiet=True, n_layers=1).linears
+    stream = LayerStream(hf)
+    hidden = stream.embed(calibration_tokens(AutoTokenizer.from_pretrained(hf), text, 2, 128, 0))
+    layer = stream.layer(0)
+    before = collect_hessians(stream, layer, hidden)
+    for name in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "mlp.gate_proj", "mlp.up_proj"):
+        layer.get_submodule(name).weight.data.copy_(res[f"model.layers.0.{name}.weight"].weight)
+    after_qkv_gate_up = collect_hessians(stream, layer, hidden)
+    layer.self_attn.o_proj.weight.data.copy_(res["model.layers.0.self_attn.o_proj.weight"].weight)
+    after_o = collect_hessians(stream, layer, hidden)
+    order = list(calibrate.LINEARS)
+    close = lambda a, b: torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6 * b.abs().max().item())  # noqa: E731
+    h_o, h_down = seen[order.index("self_attn.o_proj")], seen[order.index("mlp.down_proj")]
+    if sequential:
+        close(h_o, after_qkv_gate_up["self_attn.o_proj"])
+        close(h_down, after_o["mlp.down_proj"])         # down's input depends on o, through the residual, and gate/up
+    else:
+        close(h_o, before["self_attn.o_proj"])
+        close(h_down, before["mlp.down_proj"])
+    assert not torch.allclose(before["self_attn.o_proj"], after_qkv_gate_up["self_attn.o_proj"])
+
+
 def test_held_stock_weights_feed_the_later_layers():
     """Only layer 1's ffn_down is JLCM; the file holds the other linears as Q4_0. The learner must see
     inputs through those Q4_0 weights (a different result than through float ones), and the distillation
