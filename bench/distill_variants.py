@@ -28,6 +28,9 @@ A run is `key=value,...`:
            tokens, 512/L times the steps, each about L/512 of the time.
   bf16=B   the distillation's matmuls in bfloat16 (1) or float32 (0); without it, bfloat16 where the
            CPU has it (DistillSettings.bf16, distill.native_bf16).
+  hidden=λ add λ times the hidden-state error to the KL: every decoder layer's output against the
+           float model's on the same tokens (run alongside, without gradients), as the squared error
+           over the float output's mean square per token, averaged over tokens and layers.
 
 Results: bench/results/distill_variants.json. A row names the machine it ran on
 (", Intel Xeon"): the layer-wise codes differ between CPUs by float rounding, so
@@ -109,7 +112,7 @@ def variant_parser(doc: str, runs: str, out: Path) -> argparse.ArgumentParser:
 
 def parse_run(spec: str) -> dict:
     return parse_spec(spec, {"lr": distill.DistillSettings.lr, "bias": None, "seqs": None, "epochs": None, "bf16": None,
-                             "len": None})
+                             "len": None, "hidden": None})
 
 
 def quantized_model(state: dict):
@@ -146,6 +149,24 @@ def float_hidden(tokens: torch.Tensor) -> torch.Tensor:
     return torch.cat(caught)
 
 
+def hidden_state_loss(model, weight: float, bf16: bool):
+    """extra_loss for distill.distill: weight x the mean over layers and tokens of |h - h_f|^2 / mean(h_f^2),
+    h each decoder layer's output in `model` (hooks, kept for backward), h_f the float model's."""
+    teacher = quantize._float_model(assets.hf_model_dir(), "cpu").eval()
+    student, truth = {}, {}
+    for i, (a, b) in enumerate(zip(model.model.layers, teacher.model.layers)):
+        a.register_forward_hook(lambda m, args, out, i=i: student.__setitem__(i, out))
+        b.register_forward_hook(lambda m, args, out, i=i: truth.__setitem__(i, out.detach()))
+
+    def loss(tokens):
+        with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+            teacher.model(tokens)
+        terms = [((student[i].float() - t.float()).pow(2).mean(-1) / t.float().pow(2).mean(-1)).mean()
+                 for i, t in truth.items()]
+        return weight * torch.stack(terms).mean()
+    return loss
+
+
 def machine_tag(cpu: str) -> str:
     """'Intel(R) Xeon(R) Processor' -> 'Intel Xeon': the layer-wise codes differ between CPUs (float rounding), so
     rows from different machines are different starts and carry the machine in their name."""
@@ -169,11 +190,12 @@ def distil_run(state: dict, run: dict) -> tuple[dict, dict, dict, list[float], f
         tokens = tokens.reshape(-1, int(run["len"]))
     if tokens is not state["tokens"]:
         hidden = float_hidden(tokens)
+    settings = distill.DistillSettings(lr=run["lr"], epochs=int(run["epochs"] or 1),
+                                       bf16=None if run["bf16"] is None else bool(run["bf16"]))
+    extra_loss = None if run["hidden"] is None else hidden_state_loss(model, run["hidden"], settings.uses_bf16("cpu"))
     t0 = time.time()
-    _, norms, history = distill.distill(model, state["quantized"], tokens, hidden,
-                                        distill.DistillSettings(lr=run["lr"], epochs=int(run["epochs"] or 1),
-                                                                bf16=None if run["bf16"] is None else bool(run["bf16"])),
-                                        extra=extra)
+    _, norms, history = distill.distill(model, state["quantized"], tokens, hidden, settings, extra=extra,
+                                        extra_loss=extra_loss)
     seconds = time.time() - t0
     weights = {n: model.get_submodule(n.removesuffix(".weight")).weight.detach().clone() for n in state["quantized"]}
     return weights, norms, {n: b.detach().clone() for n, b in biases.items()}, history, seconds
@@ -191,7 +213,8 @@ def plot_windows(doc: dict, out: Path) -> None:
 
     lines: dict[tuple[str, str], list[tuple[int, float]]] = {}
     for r in doc["rows"]:
-        if r.get("bias") is None and r["lr"] == distill.DistillSettings.lr and not r.get("epochs") and not r.get("len"):
+        if (r.get("bias") is None and r["lr"] == distill.DistillSettings.lr and not r.get("epochs") and not r.get("len")
+                and not r.get("hidden")):
             lines.setdefault((r["type"], tag(r)), []).append((int(r.get("seqs") or r["calib_seqs"]), r["kld"]))
     fig, ax = plt.subplots(figsize=(6.5, 4.5), dpi=120)
     for (qtype, machine), points in sorted(lines.items()):

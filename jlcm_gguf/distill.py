@@ -100,7 +100,8 @@ def head_kl(model, teacher_norm, normed, teacher_hidden, chunk: int = 128) -> to
 
 def distill(model, quantized: dict, tokens: torch.Tensor, teacher_hidden: torch.Tensor,
             settings: DistillSettings, quiet: bool = False,
-            extra: tuple[dict, ...] = (), after_step=None) -> tuple[dict[str, np.ndarray], dict, list[float]]:
+            extra: tuple[dict, ...] = (), after_step=None,
+            extra_loss=None) -> tuple[dict[str, np.ndarray], dict, list[float]]:
     """Fit block multipliers and norm gains of `model`, whose linears named in `quantized`
     (HF name -> (JLCMType, blocks)) already hold their dequantized weights.
 
@@ -109,6 +110,8 @@ def distill(model, quantized: dict, tokens: torch.Tensor, teacher_hidden: torch.
     reads them back from its own tensors.
     after_step: called as after_step(model, steps taken) after each step (bench/index_moves.py); it may
     change the codes of `quantized`, which the returned blocks then hold.
+    extra_loss: called as extra_loss(tokens of the step) after the model's forward, its value added to
+    the KL (bench/distill_variants.py's hidden-state term).
     Returns (re-scaled blocks by name, tuned norm gains by HF name, mean loss per epoch)."""
     teacher_norm = copy.deepcopy(model.model.norm)
     for p in model.parameters():
@@ -138,6 +141,8 @@ def distill(model, quantized: dict, tokens: torch.Tensor, teacher_hidden: torch.
             with torch.autocast(tokens.device.type, torch.bfloat16, enabled=bf16):
                 normed = model.model(tokens[b:b + settings.batch]).last_hidden_state     # after the final norm
                 loss = head_kl(model, teacher_norm, normed, teacher_hidden[b:b + settings.batch])
+                if extra_loss is not None:
+                    loss = loss + extra_loss(tokens[b:b + settings.batch])
             opt.zero_grad()
             loss.backward()
             opt.step()
