@@ -149,14 +149,14 @@ class Gram:
         assignment's two walks per linear need one."""
         key = damp, act_order
         if key not in self._feedback:
-            H = self.full()
-            cols = H.shape[0]
-            if act_order:       # stable: equal diagonals (dead inputs) keep their order, so the bytes are fixed
-                order = torch.argsort(torch.diagonal(H), descending=True, stable=True)
-                H = H[order][:, order]
-            else:
-                order = torch.arange(cols, device=H.device)
-                H = H.clone()
+            d = self.diag()
+            cols = d.shape[0]
+            # stable: equal diagonals (dead inputs) keep their order, so the bytes are fixed
+            order = (torch.argsort(d, descending=True, stable=True) if act_order
+                     else torch.arange(cols, device=d.device))
+            # one permuted copy (of the factor, where H is kept factored), as the unpermuted clone was
+            H = (self.h[order[:, None], order[None, :]] if self.h is not None
+                 else self.factor[:, order].T @ self.factor[:, order])
             dead = torch.diagonal(H) == 0
             H[dead, dead] = 1
             H += damp * torch.diagonal(H).mean() * torch.eye(cols, dtype=H.dtype, device=H.device)
