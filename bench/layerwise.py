@@ -112,13 +112,12 @@ def errors(hf: Path, tokens, layers: list[int], tensors, variants: dict) -> dict
         for name in tensors:
             w = layer.get_submodule(name).weight.data.float()
             for v, (qtype, settings, *key) in variants.items():
-                h = H[name]
+                wv, h = w, H[name]
                 if key:
                     p = torch.argsort(key[0](w, h), stable=True)
-                    w, h = w[:, p], h[p][:, p]
+                    wv, h = w[:, p], h[p][:, p]
                 t0 = time.perf_counter()
-                out[i, name, v] = (learn.JLCM(qtype, settings).quantize(w, h).rel_error, time.perf_counter() - t0)
-                w = layer.get_submodule(name).weight.data.float()
+                out[i, name, v] = (learn.JLCM(qtype, settings).quantize(wv, h).rel_error, time.perf_counter() - t0)
                 print(hf.name, i, name, v, *(round(x, 6) for x in out[i, name, v]), flush=True)
     return out
 

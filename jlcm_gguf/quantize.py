@@ -93,9 +93,8 @@ def quantize_model(hf_dir: Path, calib_text: str, plan: Plan, n_seqs: int = 32, 
             float_hidden = stream.run(layer, float_hidden)
         if i < last:
             plan.hold(layer, i)
-        measure = lambda: _on_device(collect_hessians(        # noqa: E731
-            stream, layer, hidden, gram=True,
-            weights=None if weights is None else {n: weights[(i, n)] for n in LINEARS}), device=device)[0]
+        measure = lambda: collect_hessians(stream, layer, hidden, gram=True,     # noqa: E731
+                                           weights=None if weights is None else {n: weights[(i, n)] for n in LINEARS})
         if any(chosen.values()) and not cross:
             hess = measure()    # after hold(): the inputs come through the weights the file holds
         hess, cross = _on_device(hess, cross, device=device)
@@ -103,7 +102,7 @@ def quantize_model(hf_dir: Path, calib_text: str, plan: Plan, n_seqs: int = 32, 
             if qtype is None:
                 continue
             if plan.settings.sequential and not cross and name in SHARED_INPUTS and name != LINEARS[0]:
-                hess = measure()    # this input comes after linears of this layer that now hold their codes
+                hess, = _on_device(measure(), device=device)    # after linears of this layer took their codes
             lin = layer.get_submodule(name)
             bar.set_postfix_str(f"{name.split('.')[-1]} {qtype.name}")
             w = lin.weight.data.to(device).float()
