@@ -95,6 +95,10 @@ def test_upstream_backend_ops_on_cpu_for_jlcm(build):
 
 
 
+def words(text):
+    return re.findall(r"[A-Za-z]+", text)
+
+
 def test_answers_in_a_sentence(build, jlcm3_model, novels):
     """The answer is English: its words are words of the novels (at least 80% of them, none repeated
     into a loop). What the quick file says changes with any change to the learner ("The capital of
@@ -102,11 +106,11 @@ def test_answers_in_a_sentence(build, jlcm3_model, novels):
     scale refits became exact; "You're ready to join the table." with act order), so the test asks for
     language, not for a fact. Broken kernels give other characters, a loop of one word, or nothing."""
     text = llama_cpp.generate(build, jlcm3_model, CHAT, n_predict=16)
-    words = [w.lower() for w in re.findall(r"[A-Za-z]+", text)]
-    vocab = {w.lower() for path in novels.values() for w in re.findall(r"[A-Za-z]+", path.read_text(encoding="utf-8"))}
+    said = [w.lower() for w in words(text)]
+    vocab = {w.lower() for path in novels.values() for w in words(path.read_text(encoding="utf-8"))}
     vocab.add("paris")          # the float model's answer, which the novels never name
-    assert words and len(set(words)) >= min(3, len(words)), text
-    assert sum(w in vocab for w in words) >= 0.8 * len(words), text
+    assert said and len(set(said)) >= min(3, len(said)), text
+    assert sum(w in vocab for w in said) >= 0.8 * len(said), text
 
 
 def test_perplexity_agrees_with_torch(build, converted, novels, tmp_path):
@@ -237,7 +241,6 @@ def test_aarch64_agrees_with_x86(arm, build, jlcm3_model, novels, tmp_path):
     carry the comparison."""
     x86 = llama_cpp.generate(build, jlcm3_model, CHAT, n_predict=8)
     arm64 = llama_cpp.generate(arm, jlcm3_model, CHAT, n_predict=8)
-    words = lambda t: re.findall(r"[A-Za-z]+", t)     # noqa: E731
     assert len(words(x86)) >= 3 and len(words(arm64)) >= 3, (x86, arm64)
     base = tmp_path / "x86.kld"
     kld_base(build, jlcm3_model, short_text(novels, tmp_path), base)
